@@ -1,0 +1,358 @@
+"""Typed, nested run configs: built from YAML presets, validated before any work starts.
+
+Every component owns a small dataclass. ``load_config(preset_or_path, overrides)`` reads a YAML
+file (which may ``extends:`` another preset), applies ``a.b=value`` overrides, checks every field's
+type and range, and raises ``ConfigError`` naming the offending field. ``flatten(cfg)`` gives the
+flat ``{"attack.eps": 3.0, ...}`` dict that is logged once as run parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field (and file) and what to do."""
+
+
+# ----------------------------------------------------------------------------- components
+
+
+@dataclass
+class ModelConfig:
+    name: str = "alexnet"            # a registered encoder (arinv.models.list_encoders())
+    num_classes: int = 1000
+    resolution: Optional[int] = None  # training / eval crop size; default: the model's input_size
+
+    def check(self) -> list[str]:
+        from arinv.models import list_encoders
+
+        errs = []
+        if self.name not in list_encoders():
+            errs.append(f"name: unknown encoder {self.name!r}; registered: {list_encoders()}")
+        if self.num_classes < 2:
+            errs.append(f"num_classes: must be >= 2, got {self.num_classes}")
+        if self.resolution is not None and not 16 <= self.resolution <= 4096:
+            errs.append(f"resolution: must be in [16, 4096] pixels, got {self.resolution}")
+        return errs
+
+
+@dataclass
+class AttackConfig:
+    norm: str = "l2"                   # "l2" or "linf"
+    eps: float = 3.0                   # radius, in [0, 1] pixel units
+    steps: int = 7
+    step_size: Optional[float] = None  # default: eps / 5 (the CIFAR recipe)
+    random_start: bool = False
+    use_best: bool = False             # keep each sample's highest-loss iterate
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.norm not in ("l2", "linf"):
+            errs.append(f"norm: must be 'l2' or 'linf', got {self.norm!r}")
+        if self.eps < 0:
+            errs.append(f"eps: must be >= 0, got {self.eps}")
+        if self.norm == "linf" and self.eps > 1:
+            errs.append(f"eps: an Linf radius above 1 covers the whole [0, 1] box, got {self.eps}")
+        if self.steps < 1:
+            errs.append(f"steps: must be >= 1, got {self.steps}")
+        if self.step_size is not None and self.step_size <= 0:
+            errs.append(f"step_size: must be > 0 (or null for eps / 5), got {self.step_size}")
+        return errs
+
+    @property
+    def effective_step_size(self) -> float:
+        return self.eps / 5 if self.step_size is None else self.step_size
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 90
+    lr_step_epochs: int = 30   # lr is multiplied by lr_gamma every lr_step_epochs
+    lr_gamma: float = 0.1
+    batch_size: int = 256      # the global batch; gradient accumulation keeps it on fewer devices
+
+    def check(self) -> list[str]:
+        errs = []
+        if not 0 < self.lr < 10:
+            errs.append(f"lr: must be in (0, 10), got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            errs.append(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            errs.append(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.epochs < 1:
+            errs.append(f"epochs: must be >= 1, got {self.epochs}")
+        if self.lr_step_epochs < 1:
+            errs.append(f"lr_step_epochs: must be >= 1, got {self.lr_step_epochs}")
+        if not 0 < self.lr_gamma <= 1:
+            errs.append(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
+        if self.batch_size < 1:
+            errs.append(f"batch_size: must be >= 1, got {self.batch_size}")
+        return errs
+
+
+@dataclass
+class DataConfig:
+    source: str = "sample"  # "sample" (bundled photographs) or an ImageFolder root with train/ val/
+    num_workers: int = 2
+    train_per_class: int = 48  # sample source only: crops per class
+    val_per_class: int = 16
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.source != "sample":
+            root = Path(self.source).expanduser()
+            missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+            if missing:
+                errs.append(f"source: {self.source!r} is neither 'sample' nor a folder with "
+                            f"train/ and val/ ImageFolder trees (missing: {', '.join(missing)})")
+        if self.num_workers < 0:
+            errs.append(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.train_per_class < 1 or self.val_per_class < 1:
+            errs.append("train_per_class / val_per_class: must be >= 1")
+        return errs
+
+
+@dataclass
+class EvalConfig:
+    pgd_eps: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    pgd_steps: int = 20
+    norm: str = "l2"
+    max_images: int = 1000  # evaluate on at most this many held-out images
+
+    def check(self) -> list[str]:
+        errs = []
+        if any(e < 0 for e in self.pgd_eps):
+            errs.append(f"pgd_eps: every radius must be >= 0, got {self.pgd_eps}")
+        if self.pgd_steps < 1:
+            errs.append(f"pgd_steps: must be >= 1, got {self.pgd_steps}")
+        if self.norm not in ("l2", "linf"):
+            errs.append(f"norm: must be 'l2' or 'linf', got {self.norm!r}")
+        if self.max_images < 1:
+            errs.append(f"max_images: must be >= 1, got {self.max_images}")
+        return errs
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"       # "auto" (cuda when available), "cpu", "cuda"
+    amp: bool = True           # bf16 autocast, GPU only
+    channels_last: bool = True  # GPU only
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        if self.device not in ("auto", "cpu", "cuda"):
+            return [f"device: must be 'auto', 'cpu' or 'cuda', got {self.device!r}"]
+        return []
+
+
+@dataclass
+class EncoderTrainConfig:
+    """One encoder training run: standard when ``attack`` is null, adversarial otherwise."""
+
+    name: str = "encoder"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: Optional[AttackConfig] = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def check(self) -> list[str]:
+        if not self.name or "/" in self.name:
+            return [f"name: must be a non-empty run name without '/', got {self.name!r}"]
+        return []
+
+
+# ----------------------------------------------------------------------------- machinery
+
+_CONFIG_ROOTS = [Path(__file__).resolve().parents[1] / "configs"]
+
+
+def preset_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("ARINV_CONFIG_PATH", "").split(os.pathsep) if p]
+    return extra + [Path.cwd() / "configs"] + _CONFIG_ROOTS
+
+
+def list_presets() -> list[str]:
+    return sorted({p.stem for d in preset_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    for d in preset_dirs():
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
+    hint = difflib.get_close_matches(name_or_path, list_presets(), n=1)
+    raise ConfigError(
+        f"no preset named {name_or_path!r}"
+        + (f"; did you mean {hint[0]!r}?" if hint else "")
+        + f" Presets: {', '.join(list_presets())}"
+    )
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle through {[str(s) for s in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_yaml(resolve_preset(str(parent)), seen + (path,))
+    return _merge(base, data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: write it as field.path=value, e.g. attack.eps=1.0")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from a nested dict, refusing unknown fields and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            raise ConfigError(
+                f"{path}: unknown field" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" ({cls.__name__} has: {', '.join(names)})"
+            )
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def validate(cfg, where: str = "") -> None:
+    """Run every component's ``check`` and raise one ConfigError listing all problems."""
+    errs = _collect(cfg, where)
+    if errs:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errs))
+
+
+def _collect(cfg, where: str) -> list[str]:
+    errs = []
+    if hasattr(cfg, "check"):
+        errs += [f"{where}.{e}" if where else e for e in cfg.check()]
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            errs += _collect(v, f"{where}.{f.name}" if where else f.name)
+    return errs
+
+
+def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | None = None):
+    """Preset/file + overrides -> a validated ``cls`` instance."""
+    source = "defaults"
+    data: dict = {}
+    if preset_or_path:
+        path = resolve_preset(preset_or_path)
+        source = str(path)
+        data = _read_yaml(path)
+    for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        cfg = build(cls, data)
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, Any]:
+    """``{"attack.eps": 3.0, ...}`` from a config or its nested dict; a null sub-config
+    appears as ``{"attack": None}``."""
+    items = cfg.items() if isinstance(cfg, dict) else (
+        (f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))
+    out: dict[str, Any] = {}
+    for name, v in items:
+        if dataclasses.is_dataclass(v) or isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = v
+    return out
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Data: the bundled sample set, transforms and local (non-Ray) batch iterators."""

@@ -1,0 +1,1 @@
+"""Metrics: robustness (accuracy under attack) for encoders."""

@@ -1,0 +1,47 @@
+"""Device, mixed precision and memory-format choices, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is visible; "
+                           "use runtime.device=auto or cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on GPU when ``amp``; a no-op context elsewhere (CPU runs stay fp32)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool):
+    model = model.to(device)
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    """uint8 NCHW (or float in [0, 1]) -> float32 in [0, 1] on ``device``."""
+    x = x.to(device, non_blocking=True)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True).long()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine (root or sudo) with Python >= 3.10:
+#
+#   bash infra/local/run.sh quickstart [arinv quickstart options]   # set up, run the main job
+#   bash infra/local/run.sh test [pytest options]                    # set up, run the tests
+#   bash infra/local/run.sh setup                                    # set up only
+#
+# Setting up = install the system packages ffcv builds against (when missing), create or refresh
+# the virtual environment .venv (or $ARINV_VENV), install arinv with every extra. Safe to re-run:
+# the environment is reinstalled only when pyproject.toml or this script changed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VENV=${ARINV_VENV:-$ROOT/.venv}
+APT_PACKAGES=(pkg-config libopencv-dev libturbojpeg0-dev)
+TORCH_PAIR=("torch==2.14.1" "torchvision==0.29.1")   # a matched pair; keep them together
+
+log() { printf '\033[1m[arinv setup]\033[0m %s\n' "$*" >&2; }
+
+pick_python() {
+  for py in "${PYTHON:-}" python3.11 python3.12 python3.10 python3; do
+    [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 || continue
+    if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  log "no Python >= 3.10 found; install python3.11 (apt-get install python3.11 python3.11-venv)"
+  return 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_apt_packages() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "missing system packages ${missing[*]} and no apt-get: install their equivalents by hand"
+    return 1
+  fi
+  log "installing system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+ensure_venv() {
+  local py; py=$(pick_python)
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtual environment $VENV with $py"
+    if ! "$py" -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"
+      ensure_apt_packages "python3-venv" "$(basename "$py")-venv" || true
+      "$py" -m venv "$VENV"
+    fi
+  fi
+  local stamp; stamp=$(cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$VENV/.arinv-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  log "installing arinv and its dependencies into $VENV (first run: a few minutes)"
+  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  "${pip[@]}" install --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" install "${TORCH_PAIR[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" install -e "$ROOT[all,test,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  # pip's own exit status is hidden by the filter above: check the result instead.
+  "$VENV/bin/python" -c "import torch, torchvision, arinv, ray, mlflow, ffcv" \
+    || { log "installation incomplete: see pip's messages above"; exit 1; }
+  echo "$stamp" > "$VENV/.arinv-stamp"
+}
+
+cmd=${1:-quickstart}; shift || true
+ensure_apt_packages
+ensure_venv
+export PATH="$VENV/bin:$PATH"
+cd "$ROOT"
+case "$cmd" in
+  setup) log "ready: activate with 'source $VENV/bin/activate'" ;;
+  quickstart) exec arinv quickstart "$@" ;;
+  test) exec python -m pytest "$@" ;;
+  *) log "unknown command '$cmd' (use: setup | quickstart | test)"; exit 2 ;;
+esac

@@ -1,0 +1,101 @@
+import pytest
+
+from arinv.config import (
+    AttackConfig,
+    ConfigError,
+    EncoderTrainConfig,
+    flatten,
+    list_presets,
+    load_config,
+    to_dict,
+)
+
+
+@pytest.mark.parametrize("preset", [p for p in list_presets()])
+def test_every_preset_loads_and_validates(preset, tmp_path, monkeypatch):
+    # Presets that point at /data/... are validated with the data check pointed elsewhere.
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    overrides = [] if "sample" in preset else [f"data.source={tmp_path}"]
+    cfg = load_config(EncoderTrainConfig, preset, overrides)
+    assert cfg.name
+
+
+def test_seed_recipe_presets(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    src = [f"data.source={tmp_path}"]
+    robust = load_config(EncoderTrainConfig, "alexnet-imagenet-robust", src)
+    assert (robust.attack.norm, robust.attack.eps, robust.attack.steps) == ("l2", 3.0, 7)
+    assert robust.attack.effective_step_size == 0.5
+    assert (robust.optim.lr, robust.optim.momentum, robust.optim.epochs) == (0.1, 0.9, 90)
+    assert (robust.optim.lr_step_epochs, robust.optim.lr_gamma, robust.optim.batch_size) == (30, 0.1, 256)
+    assert load_config(EncoderTrainConfig, "alexnet-imagenet-standard", src).attack is None
+    cifar = load_config(EncoderTrainConfig, "resnet18-cifar10-robust", src + ["attack.eps=1.5"])
+    assert cifar.attack.steps == 7 and cifar.attack.effective_step_size == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("attack.eps=-1", "attack.eps"),
+    ("attack.norm=l3", "attack.norm"),
+    ("attack.steps=0", "attack.steps"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.batch_size=0", "optim.batch_size"),
+    ("optim.momentum=1.5", "optim.momentum"),
+    ("model.name=vgg", "model.name"),
+    ("model.num_classes=1", "model.num_classes"),
+    ("runtime.device=tpu", "runtime.device"),
+    ("data.source=/nonexistent/imagenet", "data.source"),
+    ("eval.pgd_eps=[-0.5]", "eval.pgd_eps"),
+])
+def test_bad_values_name_their_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(EncoderTrainConfig, "tiny-sample-robust", [override])
+    assert field in str(e.value) and "tiny-sample-robust" in str(e.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(EncoderTrainConfig, "tiny-sample-robust", ["attack.eps=-1", "optim.lr=-2"])
+    assert "attack.eps" in str(e.value) and "optim.lr" in str(e.value)
+
+
+def test_unknown_field_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"attack\.epss: unknown field; did you mean 'eps'"):
+        load_config(EncoderTrainConfig, "tiny-sample-robust", ["attack.epss=1"])
+
+
+def test_wrong_types_are_refused():
+    with pytest.raises(ConfigError, match=r"optim\.epochs: expected an integer, got 'ten'"):
+        load_config(EncoderTrainConfig, "tiny-sample-robust", ["optim.epochs=ten"])
+    with pytest.raises(ConfigError, match=r"runtime\.amp: expected true or false"):
+        load_config(EncoderTrainConfig, "tiny-sample-robust", ["runtime.amp=3"])
+
+
+def test_unknown_preset_suggests_a_close_name():
+    with pytest.raises(ConfigError, match="did you mean 'tiny-sample-robust'"):
+        load_config(EncoderTrainConfig, "tiny-sample-robst")
+
+
+def test_yaml_file_with_extends_and_bad_yaml(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("extends: tiny-sample-robust\nname: mine\nattack: {eps: 0.25}\n")
+    cfg = load_config(EncoderTrainConfig, str(good))
+    assert cfg.name == "mine" and cfg.attack.eps == 0.25 and cfg.attack.steps == 7
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(EncoderTrainConfig, str(bad))
+
+
+def test_null_attack_means_standard_training_and_flatten_round_trip():
+    cfg = load_config(EncoderTrainConfig, "tiny-sample-robust", ["attack=null"])
+    assert cfg.attack is None
+    flat = flatten(cfg)
+    assert flat["attack"] is None and flat["optim.lr"] == 0.01
+    assert flatten(to_dict(cfg)) == flat
+
+
+def test_step_size_defaults_to_a_fifth_of_eps():
+    assert AttackConfig(eps=2.0).effective_step_size == pytest.approx(0.4)
+    assert AttackConfig(eps=2.0, step_size=0.1).effective_step_size == 0.1

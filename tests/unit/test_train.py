@@ -1,0 +1,129 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from arinv.config import AttackConfig, EncoderTrainConfig, OptimConfig, load_config
+from arinv.models import create_encoder
+from arinv.train.loop import fit_encoder, load_encoder
+from arinv.train.state import CheckpointError, load_checkpoint, save_checkpoint
+from arinv.train.steps import adversarial_step, build_optimizer, standard_step
+
+
+def tiny_net(num_classes=3):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32, num_classes))
+
+
+def test_standard_step_drives_loss_down_on_a_fixed_batch():
+    model = tiny_net()
+    opt, _ = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0))
+    x = torch.rand(16, 3, 8, 8)
+    y = x.mean((2, 3)).argmax(1)  # learnable: the brightest channel
+    first = float(standard_step(model, opt, x, y)["loss"])
+    for _ in range(150):
+        last = float(standard_step(model, opt, x, y)["loss"])
+    assert last < 0.5 * first
+
+
+def test_gradient_accumulation_matches_the_full_batch():
+    a = tiny_net()
+    b = copy.deepcopy(a)
+    opt_a, _ = build_optimizer(a, OptimConfig(lr=0.1))
+    opt_b, _ = build_optimizer(b, OptimConfig(lr=0.1))
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    standard_step(a, opt_a, x, y)
+    standard_step(b, opt_b, x[:4], y[:4], loss_scale=0.5, update=False)
+    standard_step(b, opt_b, x[4:], y[4:], loss_scale=0.5, update=True)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_adversarial_step_trains_on_perturbed_inputs():
+    model = create_encoder("resnet18_cifar_small", num_classes=4)
+    opt, _ = build_optimizer(model, OptimConfig(lr=0.05))
+    before = copy.deepcopy(model.state_dict())
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 4, (8,))
+    out = adversarial_step(model, opt, x, y, AttackConfig(eps=0.5, steps=2))
+    assert set(out) == {"adv_loss", "adv_acc"} and torch.isfinite(out["adv_loss"])
+    assert model.training
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("conv1.weight" in k for k in changed)
+
+
+def test_lr_is_divided_by_ten_every_30_epochs():
+    opt, sched = build_optimizer(tiny_net(), OptimConfig(lr=0.1))
+    lrs = []
+    for _ in range(90):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[29] == pytest.approx(0.1)
+    assert lrs[30] == pytest.approx(0.01) and lrs[60] == pytest.approx(0.001)
+
+
+def test_checkpoint_round_trip_and_wrong_architecture_refused(tmp_path):
+    model = create_encoder("alexnet_small", num_classes=8)
+    opt, sched = build_optimizer(model, OptimConfig())
+    path = save_checkpoint(tmp_path / "c.pt", kind="encoder", arch=model.arch,
+                           modules={"model": model, "optimizer": opt, "scheduler": sched},
+                           progress={"epoch": 3})
+    expected_next = torch.rand(3)
+    other = create_encoder("alexnet_small", num_classes=8)
+    payload = load_checkpoint(path, kind="encoder", arch=other.arch, modules={"model": other})
+    assert payload["progress"]["epoch"] == 3
+    assert torch.equal(torch.rand(3), expected_next)  # RNG state restored
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    wrong = create_encoder("alexnet_small", num_classes=10)
+    with pytest.raises(CheckpointError, match=r"c\.pt: was saved from a different architecture"
+                       r".*num_classes: checkpoint 8 vs run 10"):
+        load_checkpoint(path, kind="encoder", arch=wrong.arch, modules={"model": wrong})
+    with pytest.raises(CheckpointError, match="holds a encoder checkpoint, this run needs a generator"):
+        load_checkpoint(path, kind="generator", arch=model.arch, modules={"model": model})
+
+
+def test_truncated_checkpoint_is_refused_with_its_name(tmp_path):
+    model = create_encoder("resnet18_cifar_small")
+    path = save_checkpoint(tmp_path / "last.pt", kind="encoder", arch=model.arch,
+                           modules={"model": model}, progress={"epoch": 1})
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"last\.pt: cannot be read as a checkpoint"):
+        load_checkpoint(path, kind="encoder", arch=model.arch, modules={"model": model})
+
+
+def _tiny(robust: bool, epochs: int):
+    return load_config(EncoderTrainConfig, "tiny-sample-robust" if robust else "tiny-sample-standard", [
+        f"optim.epochs={epochs}", "data.train_per_class=4", "data.val_per_class=2",
+        "optim.batch_size=16", "eval.pgd_eps=[0.5]", "eval.pgd_steps=2", "attack.steps=2",
+    ] if robust else [f"optim.epochs={epochs}", "data.train_per_class=4", "data.val_per_class=2",
+                      "optim.batch_size=16", "eval.pgd_eps=[0.5]", "eval.pgd_steps=2"])
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    straight = fit_encoder(_tiny(True, 2), tmp_path / "straight", progress=False)
+    fit_encoder(_tiny(True, 1), tmp_path / "resumed", progress=False)
+    logs = []
+    resumed = fit_encoder(_tiny(True, 2), tmp_path / "resumed", progress=False, log=logs.append)
+    assert any("resuming" in m and "epoch 1/2" in m for m in logs)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a, _ = load_encoder(straight["checkpoint"])
+    b, _ = load_encoder(resumed["checkpoint"])
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, msg=k)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    fit_encoder(_tiny(False, 1), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match=r"another config \(attack.eps: checkpoint None vs now 0.5"):
+        fit_encoder(_tiny(True, 2), tmp_path / "run", progress=False)
+
+
+def test_num_classes_mismatch_with_data_is_refused_before_training(tmp_path):
+    from arinv.config import ConfigError
+
+    cfg = load_config(EncoderTrainConfig, "tiny-sample-standard", ["model.num_classes=10"])
+    with pytest.raises(ConfigError, match="model.num_classes: is 10 but .* has 8 classes"):
+        fit_encoder(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
