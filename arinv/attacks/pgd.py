@@ -17,12 +17,15 @@ from .steps import threat_model
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    was_training = model.training
+    """Eval mode inside; afterwards every submodule gets its own mode back (a frozen
+    BatchNorm inside a training model stays frozen)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def pgd(
@@ -44,12 +47,13 @@ def pgd(
     included) instead of the last one. ``autocast`` is entered around each forward pass.
     Returns a detached tensor of ``x``'s shape and dtype.
     """
-    if eps < 0 or steps < 0:
-        raise ValueError(f"pgd needs eps >= 0 and steps >= 0, got eps={eps}, steps={steps}")
+    if not (eps >= 0 and step_size >= 0 and steps >= 0):  # also refuses NaN
+        raise ValueError(f"pgd needs eps, step_size, steps >= 0; got eps={eps}, "
+                         f"step_size={step_size}, steps={steps}")
     x = x.detach()
+    tm = threat_model(norm, x, eps, step_size)
     if eps == 0 or steps == 0:
         return x.clone()
-    tm = threat_model(norm, x, eps, step_size)
     amp = autocast or contextlib.nullcontext()
     with eval_mode(model):
         x_adv = tm.random_perturb(x) if random_start else x.clone()
@@ -62,7 +66,7 @@ def pgd(
                 best_x, best_loss = _keep_best(best_x, best_loss, x_adv.detach(), loss.detach())
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             with torch.no_grad():
-                x_adv = tm.project(tm.step(x_adv, grad))
+                x_adv = tm.project(tm.step(x_adv.detach(), grad))
         if use_best:  # score the last iterate too
             with torch.no_grad(), amp:
                 loss = F.cross_entropy(model(x_adv), y, reduction="none")
