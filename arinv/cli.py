@@ -14,6 +14,7 @@ EPILOG = """examples:
   arinv train-encoder --config tiny-sample-robust --workdir runs/robust
   arinv train-encoder --config resnet18-cifar10-robust --set attack.eps=1.5 --set data.source=/data/cifar10
   arinv eval-robustness --checkpoint runs/robust/checkpoints/last.pt --eps 0.25 0.5 1 --autoattack-eps 0.5
+  arinv train-generator --config tiny-sample-generator --set encoder.checkpoint=runs/robust/checkpoints/last.pt
 """
 
 
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="override one field, e.g. --set attack.eps=1.5 (repeatable)")
     t.add_argument("--workdir", default=None, help="default: runs/<config name>")
     t.add_argument("--no-progress", action="store_true")
+
+    g = sub.add_parser("train-generator", help="train a generator that inverts a frozen "
+                       "encoder's features (pixel / feature / GAN losses) in this process")
+    g.add_argument("--config", required=True, help="preset name or YAML path")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="e.g. --set encoder.checkpoint=runs/robust/checkpoints/last.pt")
+    g.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    g.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval-robustness", help="clean, PGD, FGSM and AutoAttack accuracy of a "
                        "trained encoder, with the gradient-masking sanity checks")
@@ -95,9 +104,9 @@ def _presets(args) -> int:
 def _config(args) -> int:
     import yaml
 
-    from arinv.config import EncoderTrainConfig, load_config, to_dict
+    from arinv.config import config_class, load_config, to_dict
 
-    cfg = load_config(EncoderTrainConfig, args.preset, args.set)
+    cfg = load_config(config_class(args.preset), args.preset, args.set)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 
@@ -111,6 +120,20 @@ def _train_encoder(args) -> int:
     result = fit_encoder(cfg, workdir, progress=not args.no_progress)
     print(_report_text(result["robustness"]))
     print(f"checkpoint: {result['checkpoint']}\nmetrics:    {workdir / 'metrics.json'}")
+    return 0
+
+
+def _train_generator(args) -> int:
+    from arinv.config import GeneratorTrainConfig, load_config
+    from arinv.train.generator_loop import fit_generator
+
+    cfg = load_config(GeneratorTrainConfig, args.config, args.set)
+    workdir = Path(args.workdir or Path("runs") / cfg.name)
+    q = fit_generator(cfg, workdir, progress=not args.no_progress)["quality"]
+    lp = "n/a (LPIPS weights not installed)" if q["lpips"] is None else f"{q['lpips']:.4f}"
+    print(f"held-out reconstruction on {q['n']} images: PSNR {q['psnr']:.2f} dB, "
+          f"SSIM {q['ssim']:.4f}, LPIPS {lp}")
+    print(f"grid:       {workdir / 'reconstructions.png'}\nmetrics:    {workdir / 'metrics.json'}")
     return 0
 
 
@@ -153,7 +176,8 @@ def _report_text(rob: dict) -> str:
 
 
 _COMMANDS = {"quickstart": _quickstart, "presets": _presets, "config": _config,
-             "train-encoder": _train_encoder, "eval-robustness": _eval_robustness}
+             "train-encoder": _train_encoder, "train-generator": _train_generator,
+             "eval-robustness": _eval_robustness}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -176,6 +176,122 @@ class EncoderTrainConfig:
         return []
 
 
+@dataclass
+class EncoderRef:
+    """The frozen encoder whose ``layer`` a generator inverts."""
+
+    name: str = "alexnet"
+    layer: str = "conv5"
+    checkpoint: Optional[str] = None  # an arinv encoder checkpoint; null = random weights (tests)
+
+    def check(self) -> list[str]:
+        from arinv.models import create_encoder, list_encoders
+
+        if self.name not in list_encoders():
+            return [f"name: unknown encoder {self.name!r}; registered: {list_encoders()}"]
+        errs = []
+        taps = create_encoder(self.name, num_classes=2).taps
+        if self.layer not in taps:
+            errs.append(f"layer: {self.name} has no tap {self.layer!r}; taps: {list(taps)}")
+        if self.checkpoint and "://" not in self.checkpoint and not Path(self.checkpoint).is_file():
+            errs.append(f"checkpoint: no file at {self.checkpoint!r}; train one with "
+                        "'arinv train-encoder' or point to an existing checkpoint")
+        return errs
+
+
+@dataclass
+class GeneratorConfig:
+    name: str = "alexnet_conv5"
+    spectral_norm: bool = True
+    discriminator: Optional[str] = "alexnet_conv5"  # null for the pixel / pixel + feature criteria
+
+    def check(self) -> list[str]:
+        from arinv.models import list_discriminators, list_generators
+
+        errs = []
+        if self.name not in list_generators():
+            errs.append(f"name: unknown generator {self.name!r}; registered: {list_generators()}")
+        if self.discriminator is not None and self.discriminator not in list_discriminators():
+            errs.append(f"discriminator: unknown {self.discriminator!r}; registered: "
+                        f"{list_discriminators()}")
+        return errs
+
+
+@dataclass
+class LossConfig:
+    """Weights of per-image-sum losses (arinv.losses); defaults: Sec. A4.1."""
+
+    pix: float = 2e-6
+    feat: float = 1e-2
+    gan: float = 100.0
+    disc: float = 2e-6
+
+    def check(self) -> list[str]:
+        errs = [f"{k}: must be >= 0, got {v}" for k, v in
+                (("pix", self.pix), ("feat", self.feat), ("gan", self.gan), ("disc", self.disc))
+                if v < 0]
+        if self.pix == self.feat == self.gan == 0:
+            errs.append("pix, feat, gan: at least one generator loss weight must be > 0")
+        return errs
+
+
+@dataclass
+class AdamConfig:
+    lr_g: float = 3e-4
+    lr_d: float = 1.2e-3
+    beta1: float = 0.0
+    beta2: float = 0.9
+    epochs: int = 90
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.1
+    batch_size: int = 128
+
+    def check(self) -> list[str]:
+        errs = [f"{k}: must be in (0, 1), got {v}" for k, v in
+                (("lr_g", self.lr_g), ("lr_d", self.lr_d)) if not 0 < v < 1]
+        errs += [f"{k}: must be in [0, 1), got {v}" for k, v in
+                 (("beta1", self.beta1), ("beta2", self.beta2)) if not 0 <= v < 1]
+        if self.epochs < 1 or self.lr_step_epochs < 1 or self.batch_size < 1:
+            errs.append("epochs, lr_step_epochs, batch_size: must be >= 1")
+        if not 0 < self.lr_gamma <= 1:
+            errs.append(f"lr_gamma: must be in (0, 1], got {self.lr_gamma}")
+        return errs
+
+
+@dataclass
+class GeneratorTrainConfig:
+    """One feature-inversion run: a generator (and discriminator, when ``loss.gan`` > 0)
+    trained against a frozen encoder's tap."""
+
+    name: str = "generator"
+    encoder: EncoderRef = field(default_factory=EncoderRef)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: AdamConfig = field(default_factory=AdamConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    resolution: Optional[int] = None  # default: the encoder's input_size
+    eval_images: int = 64             # held-out images for PSNR / SSIM / LPIPS and the grid
+    augment: bool = False             # the paper trains generators without augmentation
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def check(self) -> list[str]:
+        from arinv.models import GENERATOR_TAPS
+
+        errs = []
+        if not self.name or "/" in self.name:
+            errs.append(f"name: must be a non-empty run name without '/', got {self.name!r}")
+        pair = GENERATOR_TAPS.get(self.generator.name)
+        if pair and pair != (self.encoder.name, self.encoder.layer):
+            errs.append(f"generator.name: {self.generator.name} inverts {pair[0]}.{pair[1]}, but "
+                        f"the encoder is {self.encoder.name}.{self.encoder.layer}")
+        if self.loss.gan > 0 and self.generator.discriminator is None:
+            errs.append("generator.discriminator: loss.gan > 0 needs a discriminator "
+                        "(or set loss.gan=0)")
+        if self.eval_images < 1:
+            errs.append(f"eval_images: must be >= 1, got {self.eval_images}")
+        return errs
+
+
 # ----------------------------------------------------------------------------- machinery
 
 _CONFIG_ROOTS = [Path(__file__).resolve().parents[1] / "configs"]
@@ -338,6 +454,12 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def config_class(preset_or_path: str):
+    """EncoderTrainConfig or GeneratorTrainConfig, from the preset's fields."""
+    data = _read_yaml(resolve_preset(preset_or_path))
+    return GeneratorTrainConfig if "generator" in data else EncoderTrainConfig
 
 
 def flatten(cfg, prefix: str = "") -> dict[str, Any]:

@@ -4,6 +4,8 @@ from arinv.config import (
     AttackConfig,
     ConfigError,
     EncoderTrainConfig,
+    GeneratorTrainConfig,
+    config_class,
     flatten,
     list_presets,
     load_config,
@@ -17,7 +19,7 @@ def test_every_preset_loads_and_validates(preset, tmp_path, monkeypatch):
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     overrides = [] if "sample" in preset else [f"data.source={tmp_path}"]
-    cfg = load_config(EncoderTrainConfig, preset, overrides)
+    cfg = load_config(config_class(preset), preset, overrides)
     assert cfg.name
 
 
@@ -99,3 +101,31 @@ def test_null_attack_means_standard_training_and_flatten_round_trip():
 def test_step_size_defaults_to_a_fifth_of_eps():
     assert AttackConfig(eps=2.0).effective_step_size == pytest.approx(0.4)
     assert AttackConfig(eps=2.0, step_size=0.1).effective_step_size == 0.1
+
+
+def test_generator_presets_follow_the_paper():
+    gan = load_config(GeneratorTrainConfig, "alexnet-conv5-gan", ["data.source=sample"])
+    assert (gan.loss.pix, gan.loss.feat, gan.loss.gan, gan.loss.disc) == (2e-6, 1e-2, 100.0, 2e-6)
+    assert (gan.optim.lr_g, gan.optim.lr_d, gan.optim.beta1, gan.optim.beta2) == (3e-4, 1.2e-3, 0.0, 0.9)
+    assert (gan.optim.epochs, gan.optim.lr_step_epochs, gan.optim.batch_size) == (90, 30, 128)
+    assert gan.generator.spectral_norm and gan.generator.discriminator == "alexnet_conv5"
+    pix = load_config(GeneratorTrainConfig, "alexnet-conv5-pixel", ["data.source=sample"])
+    assert (pix.loss.feat, pix.loss.gan, pix.generator.discriminator) == (0.0, 0.0, None)
+    pf = load_config(GeneratorTrainConfig, "alexnet-conv5-pixel-feat", ["data.source=sample"])
+    assert (pf.loss.pix, pf.loss.feat, pf.loss.gan) == (2e-6, 1e-2, 0.0)
+    assert config_class("alexnet-conv5-gan") is GeneratorTrainConfig
+    assert config_class("alexnet-imagenet-robust") is EncoderTrainConfig
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generator.name=alexnet_conv1", "generator.name: alexnet_conv1 inverts alexnet.conv1"),
+    ("encoder.layer=conv9", "encoder.layer: alexnet_small has no tap 'conv9'"),
+    ("loss.gan=1", "generator.discriminator: loss.gan > 0 needs a discriminator"),
+    ("encoder.checkpoint=/nope/last.pt", "encoder.checkpoint: no file at '/nope/last.pt'"),
+    ("loss.pix=-1", "loss.pix: must be >= 0"),
+    ("optim.lr_g=2", "optim.lr_g: must be in (0, 1)"),
+])
+def test_generator_config_errors_name_the_field(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(GeneratorTrainConfig, "tiny-sample-generator", [override])
+    assert message in str(e.value)

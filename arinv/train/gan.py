@@ -1,0 +1,99 @@
+"""One GAN feature-inversion step (Sec. A4.1): a discriminator update, then a generator update.
+
+The encoder ``F`` is frozen: eval mode, no parameter gradients, and it sees generated images
+exactly as it saw training images (both in [0, 1]; its normalisation lives inside it).
+With ``weights.gan == 0`` no discriminator is needed and none is updated (the pixel and
+pixel + feature criteria of Fig. A2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from arinv.losses import feature_loss, gan_loss, pixel_loss
+
+
+@dataclass
+class LossWeights:
+    pix: float = 2e-6
+    feat: float = 1e-2
+    gan: float = 100.0
+    disc: float = 2e-6
+
+
+def freeze(encoder: nn.Module) -> nn.Module:
+    """Eval mode and no gradients for the encoder's parameters, for good."""
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+def gan_step(
+    generator: nn.Module,
+    encoder: nn.Module,
+    x: torch.Tensor,
+    *,
+    layer: str,
+    opt_g: torch.optim.Optimizer,
+    weights: LossWeights,
+    discriminator: nn.Module | None = None,
+    opt_d: torch.optim.Optimizer | None = None,
+    autocast=None,
+) -> dict[str, torch.Tensor]:
+    """Images ``x`` in [0, 1] -> one D update (if ``weights.gan``) and one G update.
+
+    Returns 0-d tensors: ``loss_g``, ``pix``, ``feat``, ``gan`` and, with a discriminator,
+    ``loss_d``, ``d_real`` and ``d_fake`` (mean probabilities).
+    """
+    use_gan = weights.gan > 0
+    if use_gan and (discriminator is None or opt_d is None):
+        raise ValueError("weights.gan > 0 needs a discriminator and its optimiser")
+    amp = autocast or contextlib.nullcontext()
+    if encoder.training:
+        raise ValueError("the encoder must be frozen (arinv.train.gan.freeze) before gan_step")
+    generator.train()
+    with torch.no_grad(), amp:
+        f = encoder.features(x, layer)
+    out: dict[str, torch.Tensor] = {}
+
+    with amp:
+        x_hat = generator(f)
+    if use_gan:
+        discriminator.train()
+        with amp:
+            d_real = discriminator(x, f)
+            d_fake = discriminator(x_hat.detach(), f)
+            loss_d = weights.disc * (gan_loss(d_real, True) + gan_loss(d_fake, False))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        out.update(loss_d=loss_d.detach(), d_real=torch.sigmoid(d_real.detach().float()).mean(),
+                   d_fake=torch.sigmoid(d_fake.detach().float()).mean())
+
+    with amp:
+        pix = pixel_loss(x_hat.float(), x)
+        feat = feature_loss(encoder.features(x_hat, layer).float(), f.float())
+        adv = gan_loss(discriminator(x_hat, f), True) if use_gan else pix.new_zeros(())
+        loss_g = weights.pix * pix + weights.feat * feat + weights.gan * adv
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    if use_gan:
+        opt_d.zero_grad(set_to_none=True)  # drop the D gradients the G loss left behind
+    out.update(loss_g=loss_g.detach(), pix=pix.detach(), feat=feat.detach(), gan=adv.detach())
+    return out
+
+
+def build_gan_optimizers(generator: nn.Module, discriminator: nn.Module | None, *,
+                         lr_g: float = 3e-4, lr_d: float = 1.2e-3,
+                         betas: tuple[float, float] = (0.0, 0.9)):
+    """Adam with betas (0, 0.9): lr 3e-4 for G and 1.2e-3 for D (Sec. A4.1)."""
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=betas)
+    opt_d = (torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=betas)
+             if discriminator is not None else None)
+    return opt_g, opt_d

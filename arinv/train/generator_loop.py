@@ -1,0 +1,121 @@
+"""Single-process feature-inversion training (no Ray): ``gan_step`` over local batches, with
+per-epoch checkpoints that an interrupted run resumes from, then PSNR / SSIM (/ LPIPS when its
+weights are present) on held-out images and an image grid."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from arinv.config import GeneratorTrainConfig, flatten, to_dict
+from arinv.data.local import local_loaders
+from arinv.metrics.image import lpips, lpips_available, psnr, ssim
+from arinv.models import create_discriminator, create_encoder, create_generator
+from arinv.viz import save_grid
+
+from .gan import LossWeights, build_gan_optimizers, freeze, gan_step
+from .loop import check_resumable, collect, load_encoder
+from .runtime import autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
+from .state import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def frozen_encoder(cfg: GeneratorTrainConfig, device, log=print) -> torch.nn.Module:
+    ref = cfg.encoder
+    if ref.checkpoint:
+        enc, _ = load_encoder(ref.checkpoint)
+        if enc.arch["name"] != ref.name:
+            raise CheckpointError(f"{ref.checkpoint}: holds a {enc.arch['name']} encoder, the "
+                                  f"config's encoder.name is {ref.name}")
+    else:
+        log(f"warning: encoder.checkpoint is null: inverting a randomly initialised {ref.name}")
+        enc = create_encoder(ref.name)
+    return freeze(prepare_model(enc, device, cfg.runtime.channels_last))
+
+
+def fit_generator(cfg: GeneratorTrainConfig, workdir: str | Path, *, progress: bool = True,
+                  log=print) -> dict:
+    """Train (resuming from ``workdir/checkpoints/last.pt``), evaluate, write
+    ``workdir/metrics.json`` and ``workdir/reconstructions.png``; returns the metrics."""
+    workdir = Path(workdir)
+    device = resolve_device(cfg.runtime.device)
+    seed_everything(cfg.runtime.seed)
+    enc = frozen_encoder(cfg, device, log)
+    resolution = cfg.resolution or enc.input_size
+    train, val, _ = local_loaders(cfg.data, resolution, cfg.optim.batch_size, cfg.runtime.seed,
+                                  augment=cfg.augment)
+    cl = cfg.runtime.channels_last
+    g = prepare_model(create_generator(cfg.generator.name, spectral_norm=cfg.generator.spectral_norm),
+                      device, cl)
+    d = None
+    if cfg.loss.gan > 0:
+        d = prepare_model(create_discriminator(cfg.generator.discriminator,
+                                               spectral_norm=cfg.generator.spectral_norm), device, cl)
+    o = cfg.optim
+    opt_g, opt_d = build_gan_optimizers(g, d, lr_g=o.lr_g, lr_d=o.lr_d, betas=(o.beta1, o.beta2))
+    scheds = [torch.optim.lr_scheduler.StepLR(opt, o.lr_step_epochs, o.lr_gamma)
+              for opt in (opt_g, opt_d) if opt is not None]
+    modules = {"generator": g, "opt_g": opt_g, "sched_g": scheds[0]}
+    if d is not None:
+        modules.update(discriminator=d, opt_d=opt_d, sched_d=scheds[1])
+    arch = {"generator": g.arch, "discriminator": d.arch if d else None, "encoder": enc.arch}
+    ckpt, flat = workdir / "checkpoints" / "last.pt", flatten(cfg)
+    start, history = 0, []
+    if ckpt.exists():
+        payload = load_checkpoint(ckpt, kind="generator", arch=arch, modules=modules,
+                                  map_location=device)
+        check_resumable(ckpt, flatten(payload["config"]), flat)
+        start, history = payload["progress"]["epoch"], payload["progress"].get("history", [])
+        log(f"resuming {cfg.name} from {ckpt} at epoch {start}/{o.epochs}")
+    weights = LossWeights(pix=cfg.loss.pix, feat=cfg.loss.feat, gan=cfg.loss.gan, disc=cfg.loss.disc)
+    amp = autocast_for(device, cfg.runtime.amp)
+    for epoch in range(start, o.epochs):
+        train.set_epoch(epoch) if hasattr(train, "set_epoch") else None
+        sums, n, t0 = {}, 0, time.perf_counter()
+        bar = tqdm(train, desc=f"{cfg.name} epoch {epoch + 1}/{o.epochs}", leave=False,
+                   disable=not progress, unit="batch")
+        for xb, yb in bar:
+            x, _ = prepare_batch(xb, yb, device, cl)
+            out = gan_step(g, enc, x, layer=cfg.encoder.layer, opt_g=opt_g, weights=weights,
+                           discriminator=d, opt_d=opt_d, autocast=amp)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+            n += len(x)
+            bar.set_postfix(pix=f"{sums['pix'] / n:.4g}", feat=f"{sums['feat'] / n:.4g}")
+        for s in scheds:
+            s.step()
+        history.append({"epoch": epoch + 1, **{k: v / max(1, n) for k, v in sums.items()},
+                        "images_per_s": n / (time.perf_counter() - t0)})
+        save_checkpoint(ckpt, kind="generator", arch=arch, modules=modules, config=to_dict(cfg),
+                        progress={"epoch": epoch + 1, "history": history})
+    quality = evaluate_generator(g, enc, val, cfg, device, workdir / "reconstructions.png")
+    result = {"name": cfg.name, "config": flat, "history": history, "quality": quality,
+              "checkpoint": str(ckpt), "grid": str(workdir / "reconstructions.png")}
+    (workdir / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+@torch.no_grad()
+def reconstruct(generator, encoder, x: torch.Tensor, layer: str, batch_size: int = 64):
+    generator.eval()
+    device = next(generator.parameters()).device
+    outs = [generator(encoder.features(x[i:i + batch_size].to(device), layer)).float().cpu()
+            for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).clamp(0, 1)
+
+
+def evaluate_generator(generator, encoder, batches, cfg: GeneratorTrainConfig, device,
+                       grid_path: Path | None = None) -> dict:
+    """Mean PSNR / SSIM (and LPIPS when its backbone weights are present) on held-out images."""
+    x, _ = collect(batches, cfg.eval_images)
+    x_hat = reconstruct(generator, encoder, x, cfg.encoder.layer, cfg.optim.batch_size)
+    p = psnr(x_hat, x)
+    q = {"n": len(x), "psnr": float(p[torch.isfinite(p)].mean()), "ssim": float(ssim(x_hat, x).mean())}
+    q["lpips"] = float(lpips(x_hat, x).mean()) if lpips_available() else None
+    if grid_path is not None:
+        k = min(8, len(x))
+        save_grid(grid_path, [x[:k], x_hat[:k]])
+    return q

@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Throughput of one GAN feature-inversion step, and the share of it spent in the frozen encoder.
+
+On one fixed batch, interleaved round by round (medians), this times
+
+  (a) gan_step        -- ``arinv.train.gan.gan_step``: encoder features of the real batch, one
+                         discriminator update, one generator update (pixel + feature + GAN losses);
+  (b) encoder work    -- what the encoder does inside (a), alone: a no-grad forward of the real
+                         batch plus a forward and input-gradient backward of a generated batch
+                         (the feature loss's path);
+
+and prints images/s of (a) and the encoder share t(b) / t(a). Defaults: on CUDA the paper's
+``alexnet_conv5`` generator + discriminator on AlexNet at 224 px, batch 128, bf16; on CPU their
+quarter-width twins on ``alexnet_small`` at 128 px, batch 16.
+
+    python benchmarks/gan_step.py --device cpu
+    python benchmarks/gan_step.py --no-amp --iters 20 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import machine_info
+
+from arinv.losses import feature_loss
+from arinv.models import create_discriminator, create_encoder, create_generator
+from arinv.train.gan import LossWeights, build_gan_optimizers, freeze, gan_step
+from arinv.train.runtime import autocast_for, prepare_model, resolve_device
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--small", action="store_true", help="use the quarter-width models on CUDA too")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 CUDA, 16 CPU")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds (default: 20 CUDA, 8 CPU)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast on CUDA")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--json", default=None, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    small = args.small or not cuda
+    enc_name, g_name = ("alexnet_small", "alexnet_small_conv5") if small else ("alexnet", "alexnet_conv5")
+    batch = args.batch_size or (128 if cuda else 16)
+    iters = args.iters or (20 if cuda else 8)
+    cl = args.channels_last and cuda
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    enc = freeze(prepare_model(create_encoder(enc_name), device, cl))
+    g = prepare_model(create_generator(g_name), device, cl)
+    d = prepare_model(create_discriminator(g_name), device, cl)
+    opt_g, opt_d = build_gan_optimizers(g, d)
+    amp = autocast_for(device, args.amp)
+    r = enc.input_size
+    x = torch.rand(batch, 3, r, r, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weights = LossWeights()
+
+    def step():
+        gan_step(g, enc, x, layer="conv5", opt_g=opt_g, weights=weights, discriminator=d,
+                 opt_d=opt_d, autocast=amp)
+
+    x_hat = torch.rand_like(x)
+
+    def encoder_work():
+        with torch.no_grad(), amp:
+            f = enc.features(x, "conv5")
+        xh = x_hat.detach().requires_grad_(True)
+        with amp:
+            loss = feature_loss(enc.features(xh, "conv5").float(), f.float())
+        torch.autograd.grad(loss, xh)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    runs = {"gan_step (G + D update)": step, "encoder work inside it": encoder_work}
+    times = {k: [] for k in runs}
+    for i in range(args.warmup + iters):
+        for name, fn in runs.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    t_step, t_enc = med["gan_step (G + D update)"], med["encoder work inside it"]
+
+    info = machine_info(device)
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()
+                                  if k in ("cpu", "cpu_cores", "gpu", "torch")))
+    print(f"models {enc_name} + {g_name} G/D, {r} px, batch {batch}, "
+          f"bf16 {args.amp and cuda}, channels_last {cl}, {iters} rounds\n")
+    print(f"{'measurement':28s} {'ms':>9s} {'images/s':>10s}")
+    for k in runs:
+        print(f"{k:28s} {1e3 * med[k]:9.2f} {batch / med[k]:10.1f}")
+    print(f"\ngan_step throughput {batch / t_step:.1f} images/s; "
+          f"encoder share {100 * t_enc / t_step:.1f}% of the step")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": info, "encoder": enc_name,
+            "generator": g_name, "batch": batch, "resolution": r, "amp": args.amp and cuda,
+            "median_ms": {k: 1e3 * v for k, v in med.items()},
+            "images_per_s": batch / t_step, "encoder_share": t_enc / t_step}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
