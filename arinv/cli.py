@@ -133,6 +133,10 @@ def _train_generator(args) -> int:
     lp = "n/a (LPIPS weights not installed)" if q["lpips"] is None else f"{q['lpips']:.4f}"
     print(f"held-out reconstruction on {q['n']} images: PSNR {q['psnr']:.2f} dB, "
           f"SSIM {q['ssim']:.4f}, LPIPS {lp}")
+    if "ri_baseline" in q:
+        r = q["ri_baseline"]
+        print(f"RI baseline (optimisation, {cfg.ri_steps} steps): PSNR {r['psnr']:.2f} dB, "
+              f"SSIM {r['ssim']:.4f}")
     print(f"grid:       {workdir / 'reconstructions.png'}\nmetrics:    {workdir / 'metrics.json'}")
     return 0
 

@@ -272,6 +272,7 @@ class GeneratorTrainConfig:
     resolution: Optional[int] = None  # default: the encoder's input_size
     eval_images: int = 64             # held-out images for PSNR / SSIM / LPIPS and the grid
     augment: bool = False             # the paper trains generators without augmentation
+    ri_steps: int = 0                 # > 0: also report the RI baseline (Sec. A2.4) with this many steps
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def check(self) -> list[str]:
@@ -289,6 +290,8 @@ class GeneratorTrainConfig:
                         "(or set loss.gan=0)")
         if self.eval_images < 1:
             errs.append(f"eval_images: must be >= 1, got {self.eval_images}")
+        if self.ri_steps < 0:
+            errs.append(f"ri_steps: must be >= 0, got {self.ri_steps}")
         return errs
 
 

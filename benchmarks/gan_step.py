@@ -30,7 +30,8 @@ from common import machine_info
 
 from arinv.losses import feature_loss
 from arinv.models import create_discriminator, create_encoder, create_generator
-from arinv.train.gan import LossWeights, build_gan_optimizers, freeze, gan_step
+from arinv.config import LossConfig
+from arinv.train.gan import build_gan_optimizers, freeze, gan_step
 from arinv.train.runtime import autocast_for, prepare_model, resolve_device
 
 
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     x = torch.rand(batch, 3, r, r, device=device)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
-    weights = LossWeights()
+    weights = LossConfig()
 
     def step():
         gan_step(g, enc, x, layer="conv5", opt_g=opt_g, weights=weights, discriminator=d,

@@ -9,20 +9,12 @@ pixel + feature criteria of Fig. A2).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from arinv.config import LossConfig
 from arinv.losses import feature_loss, gan_loss, pixel_loss
-
-
-@dataclass
-class LossWeights:
-    pix: float = 2e-6
-    feat: float = 1e-2
-    gan: float = 100.0
-    disc: float = 2e-6
 
 
 def freeze(encoder: nn.Module) -> nn.Module:
@@ -40,7 +32,7 @@ def gan_step(
     *,
     layer: str,
     opt_g: torch.optim.Optimizer,
-    weights: LossWeights,
+    weights: LossConfig,
     discriminator: nn.Module | None = None,
     opt_d: torch.optim.Optimizer | None = None,
     autocast=None,

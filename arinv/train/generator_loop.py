@@ -13,11 +13,12 @@ from tqdm.auto import tqdm
 
 from arinv.config import GeneratorTrainConfig, flatten, to_dict
 from arinv.data.local import local_loaders
+from arinv.inversion import invert_by_optimisation
 from arinv.metrics.image import lpips, lpips_available, psnr, ssim
 from arinv.models import create_discriminator, create_encoder, create_generator
 from arinv.viz import save_grid
 
-from .gan import LossWeights, build_gan_optimizers, freeze, gan_step
+from .gan import build_gan_optimizers, freeze, gan_step
 from .loop import check_resumable, collect, load_encoder
 from .runtime import autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
 from .state import CheckpointError, load_checkpoint, save_checkpoint
@@ -70,16 +71,16 @@ def fit_generator(cfg: GeneratorTrainConfig, workdir: str | Path, *, progress: b
         check_resumable(ckpt, flatten(payload["config"]), flat)
         start, history = payload["progress"]["epoch"], payload["progress"].get("history", [])
         log(f"resuming {cfg.name} from {ckpt} at epoch {start}/{o.epochs}")
-    weights = LossWeights(pix=cfg.loss.pix, feat=cfg.loss.feat, gan=cfg.loss.gan, disc=cfg.loss.disc)
     amp = autocast_for(device, cfg.runtime.amp)
     for epoch in range(start, o.epochs):
-        train.set_epoch(epoch) if hasattr(train, "set_epoch") else None
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(epoch)
         sums, n, t0 = {}, 0, time.perf_counter()
         bar = tqdm(train, desc=f"{cfg.name} epoch {epoch + 1}/{o.epochs}", leave=False,
                    disable=not progress, unit="batch")
         for xb, yb in bar:
             x, _ = prepare_batch(xb, yb, device, cl)
-            out = gan_step(g, enc, x, layer=cfg.encoder.layer, opt_g=opt_g, weights=weights,
+            out = gan_step(g, enc, x, layer=cfg.encoder.layer, opt_g=opt_g, weights=cfg.loss,
                            discriminator=d, opt_d=opt_d, autocast=amp)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
@@ -109,13 +110,28 @@ def reconstruct(generator, encoder, x: torch.Tensor, layer: str, batch_size: int
 
 def evaluate_generator(generator, encoder, batches, cfg: GeneratorTrainConfig, device,
                        grid_path: Path | None = None) -> dict:
-    """Mean PSNR / SSIM (and LPIPS when its backbone weights are present) on held-out images."""
+    """PSNR / SSIM (and LPIPS when its backbone weights are present) on held-out images, for
+    the generator and, with ``cfg.ri_steps``, the optimisation-based RI baseline. The grid's
+    rows: input, generator reconstruction[, RI reconstruction]."""
     x, _ = collect(batches, cfg.eval_images)
-    x_hat = reconstruct(generator, encoder, x, cfg.encoder.layer, cfg.optim.batch_size)
-    p = psnr(x_hat, x)
-    q = {"n": len(x), "psnr": float(p[torch.isfinite(p)].mean()), "ssim": float(ssim(x_hat, x).mean())}
-    q["lpips"] = float(lpips(x_hat, x).mean()) if lpips_available() else None
+    recons = {"generator": reconstruct(generator, encoder, x, cfg.encoder.layer,
+                                       cfg.optim.batch_size)}
+    if cfg.ri_steps:
+        with torch.no_grad():
+            target = encoder.features(x.to(device), cfg.encoder.layer)
+        recons["ri_baseline"] = invert_by_optimisation(
+            encoder, target, cfg.encoder.layer, size=x.shape[-1], steps=cfg.ri_steps,
+            generator=torch.Generator().manual_seed(cfg.runtime.seed)).cpu()
+    q = {"n": len(x), **_quality(recons["generator"], x)}
+    if "ri_baseline" in recons:
+        q["ri_baseline"] = _quality(recons["ri_baseline"], x)
     if grid_path is not None:
         k = min(8, len(x))
-        save_grid(grid_path, [x[:k], x_hat[:k]])
+        save_grid(grid_path, [x[:k]] + [r[:k] for r in recons.values()])
     return q
+
+
+def _quality(x_hat: torch.Tensor, x: torch.Tensor) -> dict:
+    p = psnr(x_hat, x)
+    return {"psnr": float(p[torch.isfinite(p)].mean()), "ssim": float(ssim(x_hat, x).mean()),
+            "lpips": float(lpips(x_hat, x).mean()) if lpips_available() else None}

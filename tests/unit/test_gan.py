@@ -4,7 +4,8 @@ import torch
 from arinv.data.sample import sample_set
 from arinv.losses import feature_loss, gan_loss, pixel_loss
 from arinv.models import create_discriminator, create_encoder, create_generator
-from arinv.train.gan import LossWeights, build_gan_optimizers, freeze, gan_step
+from arinv.config import LossConfig
+from arinv.train.gan import build_gan_optimizers, freeze, gan_step
 
 
 def _images(n=4, size=128):
@@ -34,7 +35,7 @@ def test_gan_step_updates_generator_and_discriminator_but_never_the_encoder():
     enc_before = {k: v.clone() for k, v in enc.state_dict().items()}
     g_before = {n: p.detach().clone() for n, p in g.named_parameters()}
     d_before = {n: p.detach().clone() for n, p in d.named_parameters()}
-    out = gan_step(g, enc, _images(), layer="conv5", opt_g=opt_g, weights=LossWeights(),
+    out = gan_step(g, enc, _images(), layer="conv5", opt_g=opt_g, weights=LossConfig(),
                    discriminator=d, opt_d=opt_d)
     assert set(out) == {"loss_g", "pix", "feat", "gan", "loss_d", "d_real", "d_fake"}
     assert all(torch.isfinite(v) for v in out.values())
@@ -62,7 +63,7 @@ def test_a_few_hundred_steps_drive_the_pixel_loss_down():
     torch.manual_seed(0)
     enc, g, d, opt_g, opt_d = _setup()
     x = _images(2)
-    weights = LossWeights(pix=1.0, feat=1e-2, gan=1e-2, disc=1.0)  # the full G + D step
+    weights = LossConfig(pix=1.0, feat=1e-2, gan=1e-2, disc=1.0)  # the full G + D step
     pix = [float(gan_step(g, enc, x, layer="conv5", opt_g=opt_g, weights=weights,
                           discriminator=d, opt_d=opt_d)["pix"]) for _ in range(200)]
     assert sum(pix[-10:]) / 10 < 0.5 * sum(pix[:10]) / 10
@@ -71,10 +72,10 @@ def test_a_few_hundred_steps_drive_the_pixel_loss_down():
 def test_gan_step_refuses_a_training_encoder_and_a_missing_discriminator():
     enc, g, d, opt_g, opt_d = _setup()
     with pytest.raises(ValueError, match="needs a discriminator"):
-        gan_step(g, enc, _images(2), layer="conv5", opt_g=opt_g, weights=LossWeights())
+        gan_step(g, enc, _images(2), layer="conv5", opt_g=opt_g, weights=LossConfig())
     enc.train()
     with pytest.raises(ValueError, match="must be frozen"):
-        gan_step(g, enc, _images(2), layer="conv5", opt_g=opt_g, weights=LossWeights(gan=0.0))
+        gan_step(g, enc, _images(2), layer="conv5", opt_g=opt_g, weights=LossConfig(gan=0.0))
 
 
 def test_optimisation_based_inversion_reduces_the_feature_distance():

@@ -7,7 +7,7 @@ from arinv.train.generator_loop import fit_generator
 from arinv.train.state import CheckpointError
 
 TINY = ["data.train_per_class=2", "data.val_per_class=1", "optim.batch_size=8",
-        "eval_images=8", "runtime.device=cpu"]
+        "eval_images=8", "runtime.device=cpu", "ri_steps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,13 @@ def test_train_generator_cli(tmp_path, encoder_ckpt, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "PSNR" in out and "SSIM" in out and "LPIPS" in out
+
+
+def test_ri_baseline_is_reported_beside_the_generator(tmp_path, encoder_ckpt):
+    from PIL import Image
+
+    out = fit_generator(_cfg(encoder_ckpt, 1, "ri_steps=5"), tmp_path, progress=False)
+    ri = out["quality"]["ri_baseline"]
+    assert ri["psnr"] > 0 and -1 <= ri["ssim"] <= 1
+    w, h = Image.open(tmp_path / "reconstructions.png").size
+    assert h > 3 * 128 and w > 8 * 128  # three rows: input, generator, RI
