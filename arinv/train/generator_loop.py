@@ -125,9 +125,9 @@ def evaluate_generator(generator, encoder, batches, cfg: GeneratorTrainConfig, d
     q = {"n": len(x), **_quality(recons["generator"], x)}
     if "ri_baseline" in recons:
         q["ri_baseline"] = _quality(recons["ri_baseline"], x)
-    if grid_path is not None:
-        k = min(8, len(x))
-        save_grid(grid_path, [x[:k]] + [r[:k] for r in recons.values()])
+    if grid_path is not None:  # eight images spread over the (class-ordered) held-out set
+        idx = torch.linspace(0, len(x) - 1, min(8, len(x))).long()
+        save_grid(grid_path, [x[idx]] + [r[idx] for r in recons.values()])
     return q
 
 
