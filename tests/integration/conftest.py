@@ -1,0 +1,106 @@
+"""Integration fixtures: a real S3-protocol server (moto) on loopback, shared by the session.
+
+``s3_server`` starts ``moto.server.ThreadedMotoServer`` on 127.0.0.1 with a free port and
+creates one bucket; it does not touch the environment, so a test chooses how to reach it:
+
+* ``s3_env`` (function scope) points the standard AWS settings at it with ``monkeypatch``
+  (``AWS_ENDPOINT_URL``, fake keys, a region, no profile or credentials files, no instance
+  metadata lookups, no proxy for loopback) and returns the server;
+* ``s3_server.client()`` is a boto3 client with explicit endpoint/keys, for setting up or
+  tampering with objects behind the library's back;
+* ``s3_server.env`` is the same settings as a dict (also ``MLFLOW_S3_ENDPOINT_URL``), for
+  subprocesses, Ray ``runtime_env={"env_vars": ...}`` or an MLflow server;
+* ``s3_prefix`` is a fresh ``s3://bucket/<test>-<uuid>/`` so tests never see each other's
+  objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    bucket: str
+    region: str = "us-east-1"
+    access_key: str = "arinv-test-key"
+    secret_key: str = "arinv-test-secret"
+    env: dict = field(default_factory=dict)
+
+    def client(self, **config_kwargs):
+        """A boto3 S3 client talking to this server with explicit settings (env-independent)."""
+        import boto3
+        import botocore.config
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=botocore.config.Config(**config_kwargs))
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # no per-request log lines
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        s = S3Server(endpoint_url=f"http://{host}:{port}", bucket="arinv-test")
+        s.env = {
+            "AWS_ENDPOINT_URL": s.endpoint_url,
+            "MLFLOW_S3_ENDPOINT_URL": s.endpoint_url,
+            "AWS_ACCESS_KEY_ID": s.access_key,
+            "AWS_SECRET_ACCESS_KEY": s.secret_key,
+            "AWS_DEFAULT_REGION": s.region,
+            "AWS_REGION": s.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        s.client().create_bucket(Bucket=s.bucket)
+        yield s
+    finally:
+        server.stop()
+
+
+# Settings that could redirect or re-credential the client away from the test server.
+_AWS_VARS_TO_CLEAR = (
+    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+    "AWS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path_factory):
+    """Point the standard AWS settings at the test server for this test only."""
+    for name in _AWS_VARS_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    nowhere = tmp_path_factory.mktemp("aws-home")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))            # absent files:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))  # no ~/.aws
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_prefix(s3_server, request) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40]
+    return s3_server.uri(f"{name}-{uuid.uuid4().hex[:8]}/")
