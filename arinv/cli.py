@@ -15,6 +15,8 @@ EPILOG = """examples:
   arinv train-encoder --config resnet18-cifar10-robust --set attack.eps=1.5 --set data.source=/data/cifar10
   arinv eval-robustness --checkpoint runs/robust/checkpoints/last.pt --eps 0.25 0.5 1 --autoattack-eps 0.5
   arinv train-generator --config tiny-sample-generator --set encoder.checkpoint=runs/robust/checkpoints/last.pt
+  arinv data write /data/imagenet shards/imagenet-train --split train   # .beton shards + manifest
+  arinv data verify shards/imagenet-train
 """
 
 
@@ -71,17 +73,70 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-images", type=int, default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", default=None, help="also write the report to this JSON file")
+    _add_data_parser(sub)
     return p
+
+
+DATA_EPILOG = """sources (detected from SOURCE, or named with --source-format):
+  imagefolder  SOURCE/<class>/<images>; labels are the sorted class folder names. With --split S,
+               SOURCE/S is used (e.g. ImageNet's train/ or val/).
+  cifar10      the extracted cifar-10-batches-py/ folder (or its parent); --split train|test.
+  catsdogs     a flat folder of cat.*.jpg and dog.*.jpg (Kaggle Dogs vs. Cats); cat 0, dog 1.
+  sample       the bundled sample set: SOURCE 'sample' or 'sample:val' (--split train|val).
+
+Files count as images by extension (.jpg .jpeg .png .ppm .pgm .bmp .tif .tiff .webp .gif, any
+case); other files are ignored and counted in the manifest. Images that cannot be decoded (corrupt,
+truncated, empty) are skipped and listed in the manifest with the reason; grayscale, CMYK,
+palette, alpha and 16-bit images are converted to 8-bit RGB.
+"""
+
+
+def _add_data_parser(sub) -> None:
+    d = sub.add_parser("data", help="write a source as FFCV .beton shards + manifest, or verify "
+                       "a written shard set")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    w = dsub.add_parser("write", epilog=DATA_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="convert SOURCE into numbered .beton shards and manifest.json in DEST",
+                        description="Convert SOURCE into shard-00000.beton, ... and "
+                        "manifest.json (written last) in the local folder DEST.")
+    w.add_argument("source", metavar="SOURCE", help="a source folder, or 'sample[:SPLIT]'")
+    w.add_argument("dest", metavar="DEST", help="output folder or s3://bucket/prefix (must not "
+                   "hold a shard set unless --overwrite); S3 output is staged locally, uploaded "
+                   "with checksums, manifest last")
+    w.add_argument("--source-format", choices=["imagefolder", "cifar10", "catsdogs", "sample"],
+                   help="skip format detection")
+    w.add_argument("--split", default=None, help="cifar10: train|test, sample: train|val, "
+                   "folders: the subfolder to read")
+    w.add_argument("--samples-per-shard", type=int, default=1024, metavar="N",
+                   help="images per shard (default 1024); a worker holds one shard's images")
+    w.add_argument("--max-resolution", type=int, default=500, metavar="R",
+                   help="shrink images whose long side exceeds R px (default 500)")
+    w.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="default 90")
+    w.add_argument("--compress-probability", type=float, default=0.5, metavar="P",
+                   help="fraction of images stored as JPEG, the rest raw (default 0.5)")
+    w.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="parallel shard writers (default: min(4, CPUs))")
+    w.add_argument("--overwrite", action="store_true", help="replace a shard set already in DEST")
+    w.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    v = dsub.add_parser("verify", help="re-hash every shard in DEST against its manifest",
+                        description="Check each shard's size, sha256 and sample count against "
+                        "DEST/manifest.json; exit 2 naming the first bad shard.")
+    v.add_argument("dest", metavar="DEST", help="a folder written by 'arinv data write'")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from arinv.config import ConfigError
+    from arinv.data.beton import BetonError
+    from arinv.data.shards import ShardError
+    from arinv.data.sources import SourceError
+    from arinv.data.storage import StorageError
     from arinv.train.state import CheckpointError
 
     try:
         return _COMMANDS[args.command](args) or 0
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, SourceError, ShardError, BetonError, StorageError) as e:
         print(f"arinv {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -172,6 +227,40 @@ def _eval_robustness(args) -> int:
     return 0 if all(c["passed"] for c in rep.checks) else 1
 
 
+def _data(args) -> int:
+    from arinv.data.shards import verify_shards, write_shards
+
+    if args.data_command == "verify":
+        m = verify_shards(args.dest)
+        print(f"{args.dest}: {len(m['shards'])} shards, {m['num_samples']} samples, all match "
+              "the manifest")
+        return 0
+    import tempfile
+
+    from arinv.data import storage
+
+    remote = storage.is_s3(args.dest)
+    if remote:  # fail on credentials / bucket before any image is read
+        storage.check_access(args.dest, write=True)
+        if not args.overwrite and storage.exists(args.dest.rstrip("/") + "/manifest.json"):
+            raise storage.StorageError(f"{args.dest}: already holds a shard set; pass --overwrite "
+                                       "or choose another prefix")
+    with tempfile.TemporaryDirectory(prefix="arinv-shards-") as staging:
+        local = Path(staging) / "shards" if remote else Path(args.dest)
+        m = write_shards(args.source, local, source_format=args.source_format, split=args.split,
+                         samples_per_shard=args.samples_per_shard,
+                         max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality,
+                         compress_probability=args.compress_probability, workers=args.workers,
+                         overwrite=args.overwrite, progress=not args.no_progress)
+        if remote:  # verified multipart uploads, manifest last
+            storage.upload_dir(local, args.dest)
+    print(f"wrote {m['num_samples']} samples ({len(m['classes'])} classes) in {len(m['shards'])} "
+          f"shards to {args.dest}; skipped {len(m['skipped'])} bad inputs, ignored "
+          f"{m['ignored']['non_image_files']} non-image files (details in "
+          f"{args.dest.rstrip('/')}/manifest.json)")
+    return 0
+
+
 def _report_text(rob: dict) -> str:
     lines = [f"clean accuracy {rob['clean']:.3f} on {rob['n']} held-out images"]
     for eps, acc in rob["pgd"].items():
@@ -181,7 +270,7 @@ def _report_text(rob: dict) -> str:
 
 _COMMANDS = {"quickstart": _quickstart, "presets": _presets, "config": _config,
              "train-encoder": _train_encoder, "train-generator": _train_generator,
-             "eval-robustness": _eval_robustness}
+             "eval-robustness": _eval_robustness, "data": _data}
 
 if __name__ == "__main__":
     sys.exit(main())
