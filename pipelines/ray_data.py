@@ -174,7 +174,8 @@ def decode_batch(batch: dict, *, split_transform: str, resolution: int) -> dict:
 def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 224,
                 rows_per_task: int = 256, decode_batch_size: int | None = None,
                 cache_dir: str = DEFAULT_CACHE, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                verify: str = "size", runtime_env: dict | None = None) -> Dataset:
+                verify: str = "size", runtime_env: dict | None = None,
+                num_cpus: float | None = None) -> Dataset:
     """A Ray Dataset of decoded, cropped uint8 batches from the shard set at ``uri``.
 
     ``verify``: "size" checks each local shard's size against the manifest when it is opened
@@ -183,6 +184,7 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     block as one batch, which lets Ray fuse reading and decoding into one task (a batch size
     forces a separate, re-bundling stage). ``runtime_env`` goes to the read and decode
     tasks (e.g. ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` when the cluster's nodes lack them).
+    ``num_cpus`` is the logical CPU share of each read + decode task (Ray's default: 1).
     """
     if split_transform not in ("train", "eval"):
         raise ValueError(f"split_transform must be 'train' or 'eval', got {split_transform!r}")
@@ -192,6 +194,11 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     source = BetonDatasource(uri, manifest, rows_per_task=rows_per_task,
                              cache=(cache_dir, cache_bytes), verify=verify)
     env = {"runtime_env": runtime_env} if runtime_env else {}
-    return read_datasource(source, **env).map_batches(
+    if num_cpus is not None:
+        env["num_cpus"] = num_cpus
+    # One block per read task: with Ray's default block count it splits each task's output
+    # (SplitBlocks), which also stops it fusing the decode stage into the read.
+    blocks = sum(math.ceil(s["num_samples"] / rows_per_task) for s in manifest["shards"])
+    return read_datasource(source, override_num_blocks=blocks, **env).map_batches(
         decode_batch, batch_size=decode_batch_size, batch_format="numpy",
         fn_kwargs={"split_transform": split_transform, "resolution": resolution}, **env)
