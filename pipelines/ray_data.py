@@ -191,6 +191,12 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     if verify not in ("size", "sha256"):
         raise ValueError(f"verify must be 'size' or 'sha256', got {verify!r}")
     manifest = load_manifest(uri)
+    # Ray Data's per-operator resource reservation keeps half the CPUs for operators this
+    # pipeline does not have (it is one fused read + decode operator): measured on 2 cores,
+    # it ran one decode task at a time (1,873 img/s) instead of two (3,299 img/s).
+    import ray.data
+
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     source = BetonDatasource(uri, manifest, rows_per_task=rows_per_task,
                              cache=(cache_dir, cache_bytes), verify=verify)
     env = {"runtime_env": runtime_env} if runtime_env else {}
