@@ -19,9 +19,9 @@ from arinv.models import create_discriminator, create_encoder, create_generator
 from arinv.viz import save_grid
 
 from .gan import build_gan_optimizers, freeze, gan_step
-from .loop import check_resumable, collect, load_encoder
+from .loop import collect, load_encoder
 from .runtime import autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
-from .state import CheckpointError, load_checkpoint, save_checkpoint
+from .state import CheckpointError, resume, save_checkpoint
 
 
 def frozen_encoder(cfg: GeneratorTrainConfig, device, log=print) -> torch.nn.Module:
@@ -64,12 +64,9 @@ def fit_generator(cfg: GeneratorTrainConfig, workdir: str | Path, *, progress: b
         modules.update(discriminator=d, opt_d=opt_d, sched_d=scheds[1])
     arch = {"generator": g.arch, "discriminator": d.arch if d else None, "encoder": enc.arch}
     ckpt, flat = workdir / "checkpoints" / "last.pt", flatten(cfg)
-    start, history = 0, []
-    if ckpt.exists():
-        payload = load_checkpoint(ckpt, kind="generator", arch=arch, modules=modules,
-                                  map_location=device)
-        check_resumable(ckpt, flatten(payload["config"]), flat)
-        start, history = payload["progress"]["epoch"], payload["progress"].get("history", [])
+    start, history = resume(ckpt, kind="generator", arch=arch, modules=modules, config=flat,
+                            map_location=device)
+    if start:
         log(f"resuming {cfg.name} from {ckpt} at epoch {start}/{o.epochs}")
     amp = autocast_for(device, cfg.runtime.amp)
     for epoch in range(start, o.epochs):

@@ -17,12 +17,8 @@ from arinv.metrics.robustness import RobustnessReport, robustness_report
 from arinv.models import create_encoder
 
 from .runtime import autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
-from .state import CheckpointError, load_checkpoint, save_checkpoint
+from .state import CheckpointError, load_checkpoint, resume, save_checkpoint
 from .steps import adversarial_step, build_optimizer, standard_step
-
-# Fields that may differ between a checkpoint's run and the run resuming it.
-_RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.num_workers", "runtime.device", "name")
-
 
 def train_epoch(model, optimizer, batches: Iterable, cfg: EncoderTrainConfig, device, *,
                 desc: str = "train", progress: bool = True) -> dict[str, float]:
@@ -58,15 +54,6 @@ def collect(batches: Iterable, max_images: int) -> tuple[torch.Tensor, torch.Ten
     return (x.float() / 255 if x.dtype == torch.uint8 else x), torch.cat(ys)[:max_images].long()
 
 
-def check_resumable(path: Path, saved: dict, current: dict) -> None:
-    diffs = [k for k in sorted(set(saved) | set(current))
-             if saved.get(k) != current.get(k) and not k.startswith(_RESUMABLE_CHANGES)]
-    if diffs:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs)
-        raise CheckpointError(f"{path}: belongs to a run with another config ({detail}). "
-                              "Resume with the same preset, or use a new workdir.")
-
-
 def fit_encoder(cfg: EncoderTrainConfig, workdir: str | Path, *, progress: bool = True,
                 log=print) -> dict:
     """Train (resuming from ``workdir/checkpoints/last.pt`` if present), then evaluate.
@@ -88,12 +75,9 @@ def fit_encoder(cfg: EncoderTrainConfig, workdir: str | Path, *, progress: bool 
     ckpt = workdir / "checkpoints" / "last.pt"
     flat = flatten(cfg)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    start, history = 0, []
-    if ckpt.exists():
-        payload = load_checkpoint(ckpt, kind="encoder", arch=model.arch, modules=modules,
-                                  map_location=device)
-        check_resumable(ckpt, flatten(payload["config"]), flat)
-        start, history = payload["progress"]["epoch"], payload["progress"].get("history", [])
+    start, history = resume(ckpt, kind="encoder", arch=model.arch, modules=modules, config=flat,
+                            map_location=device)
+    if start:
         log(f"resuming {cfg.name} from {ckpt} at epoch {start}/{cfg.optim.epochs}")
     for epoch in range(start, cfg.optim.epochs):
         if hasattr(train, "set_epoch"):

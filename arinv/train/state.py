@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from arinv.config import flatten
+
 FORMAT = "arinv-checkpoint/1"
 
 
@@ -72,6 +74,31 @@ def load_checkpoint(path: str | Path, *, kind: str, arch: dict, modules: dict[st
     if restore_rng:
         set_rng_state(payload["rng"])
     return payload
+
+
+# Config fields that may differ between a checkpoint's run and the run resuming it.
+RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.num_workers", "runtime.device", "name")
+
+
+def resume(path: Path, *, kind: str, arch: dict, modules: dict[str, Any], config: dict,
+           map_location="cpu") -> tuple[int, list]:
+    """(next epoch, history) from the run's last checkpoint at ``path``, loaded into
+    ``modules``; (0, []) when there is none. ``config`` is the run's flat config."""
+    if not path.exists():
+        return 0, []
+    payload = load_checkpoint(path, kind=kind, arch=arch, modules=modules,
+                              map_location=map_location)
+    check_resumable(path, flatten(payload["config"]), config)
+    return payload["progress"]["epoch"], payload["progress"].get("history", [])
+
+
+def check_resumable(path, saved: dict, current: dict) -> None:
+    diffs = [k for k in sorted(set(saved) | set(current))
+             if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if diffs:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs)
+        raise CheckpointError(f"{path}: belongs to a run with another config ({detail}). "
+                              "Resume with the same preset, or use a new workdir.")
 
 
 def check_arch(path, found: dict, expected: dict) -> None:
