@@ -60,14 +60,19 @@ class Source:
 
 def open_source(spec: str | os.PathLike, source_format: str | None = None,
                 split: str | None = None) -> Source:
-    """List ``spec``: a path, "sample" or "sample:<split>". ``split`` is the CIFAR-10 or sample
-    split, or for a folder source the subfolder to use (e.g. ImageNet's "train")."""
+    """List ``spec``: a path, "sample", "sample:<split>" or "sample:<split>:<crops per class>".
+    ``split`` is the CIFAR-10 or sample split, or for a folder source the subfolder to use
+    (e.g. ImageNet's "train")."""
     spec = os.fspath(spec)
     fmt = source_format or detect_format(spec, split)
     if fmt not in FORMATS:
         raise SourceError(f"unknown source format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "sample":
-        return sample_source(split or spec.partition(":")[2] or "train")
+        _, spec_split, per_class = (spec.split(":") + ["", ""])[:3]
+        if per_class and not per_class.isdigit():
+            raise SourceError(f"{spec!r}: write the sample source as sample:<split>:<crops per "
+                              "class>, e.g. sample:train:96")
+        return sample_source(split or spec_split or "train", int(per_class or 48))
     root = _directory(spec)
     if fmt == "cifar10":
         return cifar10_source(root, split or "train")
@@ -268,26 +273,28 @@ def _cifar_folder(root: Path) -> Path | None:
 
 # --- the bundled sample set ----------------------------------------------------------------------
 
-def sample_source(split: str = "train") -> Source:
+def sample_source(split: str = "train", per_class: int = 48) -> Source:
     from .sample import PHOTOS
 
     if split not in ("train", "val"):
         raise SourceError(f"sample split must be 'train' or 'val', got {split!r}")
-    n = len(_sample(split).labels)
-    return Source("sample", f"sample:{split}", list(PHOTOS), [(split, i) for i in range(n)],
-                  load_sample_image, split=split)
+    if per_class < 1:
+        raise SourceError(f"sample: crops per class must be >= 1, got {per_class}")
+    n = len(_sample(split, per_class).labels)
+    return Source("sample", f"sample:{split}:{per_class}", list(PHOTOS),
+                  [(split, i, per_class) for i in range(n)], load_sample_image, split=split)
 
 
-def load_sample_image(ref: tuple[str, int]) -> tuple[np.ndarray, int]:
-    s = _sample(ref[0])
+def load_sample_image(ref: tuple[str, int, int]) -> tuple[np.ndarray, int]:
+    s = _sample(ref[0], ref[2])
     return s.images[ref[1]], int(s.labels[ref[1]])
 
 
-@lru_cache(maxsize=2)
-def _sample(split: str):
+@lru_cache(maxsize=4)
+def _sample(split: str, per_class: int = 48):
     from .sample import sample_set
 
-    return sample_set(split)
+    return sample_set(split, per_class=per_class)
 
 
 # --- shared checks -------------------------------------------------------------------------------

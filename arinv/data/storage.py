@@ -616,6 +616,65 @@ def _delete(uri: str, client=None) -> None:
         raise _storage_error(exc, uri, client, op="delete") from exc
 
 
+def delete(uri: str, *, client=None) -> None:
+    """Delete one object or file; no error if it is already gone."""
+    _delete(uri, client or (s3_client() if is_s3(uri) else None))
+
+
+def delete_prefix(uri_prefix: str, *, client=None) -> int:
+    """Delete every object (or file, recursively) under a prefix; returns how many."""
+    if is_s3(uri_prefix):
+        client = client or s3_client()
+    uris = list_prefix(uri_prefix, client=client)
+    for uri in uris:
+        _delete(uri, client)
+    return len(uris)
+
+
+COPY_OBJECT_LIMIT = 5 * 1024 ** 3   # one CopyObject request copies at most 5 GiB
+
+
+def copy_object(src_uri: str, dst_uri: str, *, sha256: str, size: int, client=None) -> dict:
+    """Server-side copy of one S3 object to another key (no bytes pass through this machine),
+    verified against the ``sha256`` and ``size`` the caller expects, e.g. from a manifest.
+
+    The copy is made with ``ChecksumAlgorithm="SHA256"``, so the store computes the new object's
+    SHA-256 itself; a HEAD compares it and the size. Objects over 5 GiB are copied in parts,
+    whose composite checksum cannot be compared, and stores that keep no SHA-256 return none:
+    those copies are verified by re-reading them. A mismatch deletes the copy and raises
+    :class:`StorageError`. Returns ``{"uri", "size", "sha256", "verified"}``."""
+    from boto3.s3.transfer import create_transfer_manager
+
+    client = client or s3_client()
+    src_bucket, src_key = _object(src_uri)
+    bucket, key = _object(dst_uri)
+    try:
+        with create_transfer_manager(client, _transfer_config(COPY_OBJECT_LIMIT,
+                                                              MULTIPART_CHUNKSIZE)) as tm:
+            tm.copy({"Bucket": src_bucket, "Key": src_key}, bucket, key,
+                    extra_args={"ChecksumAlgorithm": "SHA256"}).result()
+    except Exception as exc:
+        if _is_not_found(exc):
+            raise _missing_object_error(client, src_uri, exc) from exc
+        raise _storage_error(exc, dst_uri, client, op="copy to") from exc
+    head = _head(client, dst_uri)
+    stored, _, parts = (head.get("ChecksumSHA256") or "").partition("-")
+    how = "checksum" if stored and not parts else "read"
+    problems = []
+    if int(head["ContentLength"]) != size:
+        problems.append(f"size {head['ContentLength']} != expected {size}")
+    got = stored if how == "checksum" else _sha256_remote(client, dst_uri)
+    if got != (_b64(sha256) if how == "checksum" else sha256.lower()):
+        problems.append(f"sha256 differs from the expected {sha256}")
+    if problems:
+        with contextlib.suppress(Exception):   # the error below is the one that matters
+            client.delete_object(Bucket=bucket, Key=key)
+        raise StorageError(f"copy of {src_uri} to {dst_uri} did not verify ({'; '.join(problems)}); "
+                           "the copy was deleted: the source object is not the one expected "
+                           "(re-upload it), or the store altered it")
+    return {"uri": dst_uri, "size": size, "sha256": sha256.lower(), "verified": how}
+
+
 # --------------------------------------------------------------------------------- local cache
 
 class LocalCache:

@@ -245,7 +245,7 @@ def test_sample_source_round_trip(tmp_path):
                      progress=False)
     _, got = read_set(tmp_path / "out")
     ref = sample_set("val")
-    assert m["source"] == {"format": "sample", "location": "sample:val", "split": "val"}
+    assert m["source"] == {"format": "sample", "location": "sample:val:48", "split": "val"}
     assert [lab for _, lab in got] == ref.labels.tolist()
     errors = [mean_error(img, orig) for (img, _), orig in zip(got, ref.images)]
     assert max(errors) < JPEG_MEAN_ERROR and min(errors) == 0  # some JPEG, some raw
@@ -434,3 +434,53 @@ def test_cli_data_write_and_verify(messy, tmp_path, capsys):
     assert "shard-00000.beton" in capsys.readouterr().err
     assert main(["data", "write", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "missing: no such file or directory" in capsys.readouterr().err
+
+
+# --- executors and where tasks write -------------------------------------------------------------
+
+def test_ray_executor_needs_ray_and_unknown_executors_are_rejected(tmp_path):
+    with pytest.raises(ShardError, match=r"executor='ray' but Ray is not initialised.*ray\.init"):
+        write_shards("sample", tmp_path / "o", executor="ray", progress=False)
+    with pytest.raises(ShardError, match=r"executor must be one of auto, process, ray, got 'x'"):
+        write_shards("sample", tmp_path / "o", executor="x", progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_task_checks_the_destination_exists_where_it_runs(tmp_path):
+    from arinv.data.shards import _Task, _write_shard
+
+    src = open_source("sample:val")
+    task = _Task(0, src.refs[:2], src.load, {}, path=str(tmp_path / "elsewhere" / ".s.tmp"))
+    with pytest.raises(ShardError, match=r"elsewhere: no such directory on .*same path on every"):
+        _write_shard(task)
+
+
+@pytest.mark.parametrize("seen", [None, 10])
+def test_the_driver_refuses_to_publish_shards_it_cannot_see(tmp_path, seen):
+    """A Ray task on another node wrote its shard to that node's disk, not a shared one."""
+    from arinv.data.shards import _publish, _Task
+
+    written, unseen = tmp_path / ".shard-00000.beton.tmp", tmp_path / ".shard-00001.beton.tmp"
+    written.write_bytes(b"x" * 20)
+    if seen is not None:
+        unseen.write_bytes(b"x" * seen)
+    tasks = [_Task(i, [], None, {}, path=str(p)) for i, p in enumerate([written, unseen])]
+    results = [{"num_samples": 1, "bytes": 20, "host": "node-a"},
+               {"num_samples": 1, "bytes": 20, "host": "node-b"}]
+    state = "missing" if seen is None else "10 bytes"
+    with pytest.raises(ShardError, match=rf"shard-00001\.beton\.tmp: written for shard 1 on node-b "
+                       rf"\(20 bytes\), but {state} on .*same path on every node"):
+        _publish(tmp_path, tasks, results)
+    assert written.exists() and not (tmp_path / "shard-00000.beton").exists()  # nothing renamed
+
+
+def test_data_write_and_the_ray_entrypoint_share_one_argument_list(capsys):
+    from pipelines.write_shards import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["data", "write", "--help"])
+    cli_help = capsys.readouterr().out
+    options = {a.dest: a.option_strings for a in build_parser()._actions}
+    assert options["ray_address"] == ["--ray-address", "--address"]
+    for dest, strings in options.items():
+        assert all(s in cli_help for s in strings), dest
