@@ -26,13 +26,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Train adversarially robust encoders and invert their features.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    q = sub.add_parser("quickstart", help="train a standard and a robust small encoder on the "
-                       "bundled photographs and compare their robustness (CPU, a few minutes)")
+    q = sub.add_parser("quickstart", help="the whole pipeline at toy size: shards, a standard "
+                       "and a robust encoder and a generator for each on Ray Train, MLflow "
+                       "registry, report (CPU, about 10 minutes)",
+                       description="Write the bundled photographs as shards; train a standard "
+                       "and a robust small AlexNet and a conv5 generator for each on Ray Train; "
+                       "register them in MLflow; write DIR/report.md (accuracy under PGD, PSNR / "
+                       "SSIM, reconstruction grid). Rerunning resumes or reuses finished runs.")
     q.add_argument("--workdir", default="arinv-quickstart",
                    help="everything the run writes goes here (default: ./arinv-quickstart)")
     q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field of both presets, e.g. --set optim.epochs=2 "
-                   "(attack.* fields apply to the robust one only)")
+                   help="override a field in every preset that has it, e.g. --set "
+                   "optim.epochs=2 (attack.* fields apply to the robust encoder only)")
+    q.add_argument("--shards", default=None, metavar="URI", help="a folder or s3:// prefix with "
+                   "train/ and val/ shard sets of 8 classes instead of the bundled photographs")
+    q.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS or "
+                   "a new local cluster)")
+    q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite "
+                   "in the workdir)")
     q.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("presets", help="list config presets")
@@ -41,21 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
 
     t = sub.add_parser("train-encoder", help="train an encoder (standard, or adversarial when "
-                       "the config has an attack) in this process, resuming from the workdir's "
-                       "last checkpoint")
+                       "the config has an attack) on Ray Train, tracked in MLflow",
+                       description=TRAIN_DESCRIPTION)
     t.add_argument("--config", required=True, help="preset name (see 'arinv presets') or YAML path")
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one field, e.g. --set attack.eps=1.5 (repeatable)")
-    t.add_argument("--workdir", default=None, help="default: runs/<config name>")
-    t.add_argument("--no-progress", action="store_true")
+    _add_launch_arguments(t)
 
     g = sub.add_parser("train-generator", help="train a generator that inverts a frozen "
-                       "encoder's features (pixel / feature / GAN losses) in this process")
+                       "encoder's features (pixel / feature / GAN losses) on Ray Train",
+                       description=TRAIN_DESCRIPTION)
     g.add_argument("--config", required=True, help="preset name or YAML path")
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="e.g. --set encoder.checkpoint=runs/robust/checkpoints/last.pt")
-    g.add_argument("--workdir", default=None, help="default: runs/<config name>")
-    g.add_argument("--no-progress", action="store_true")
+                   help="e.g. --set encoder.checkpoint=models:/arinv-alexnet_small@robust")
+    _add_launch_arguments(g)
 
     e = sub.add_parser("eval-robustness", help="clean, PGD, FGSM and AutoAttack accuracy of a "
                        "trained encoder, with the gradient-masking sanity checks")
@@ -75,6 +85,35 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the report to this JSON file")
     _add_data_parser(sub)
     return p
+
+
+TRAIN_DESCRIPTION = """Runs the config on Ray Train (a local Ray cluster unless --address or
+RAY_ADDRESS names one): data from data.shards (the bundled sample set is written as shards
+when data.source is 'sample'), DDP over scaling.num_workers, a checkpoint per epoch under
+--storage-path, MLflow tracking, and at the end registration in the MLflow model registry.
+Relaunching with the same --run-name and --storage-path resumes from the last checkpoint and
+logs into the same MLflow run. --local trains in this process instead (no Ray, no MLflow)."""
+
+
+def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default=None,
+                   help="local outputs: final checkpoint, metrics.json; default runs/<run name>")
+    p.add_argument("--run-name", default=None, help="default: the config's name")
+    p.add_argument("--storage-path", default=None, metavar="URI",
+                   help="Ray Train checkpoints: a folder or s3://bucket/prefix (shared by all "
+                   "nodes of a multi-node cluster); default WORKDIR/ray")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking server; default $MLFLOW_TRACKING_URI or "
+                   "sqlite:///WORKDIR/mlflow.db")
+    p.add_argument("--experiment", default="arinv", help="MLflow experiment (default arinv)")
+    p.add_argument("--alias", default=None, help="registry alias (default: robust/standard for "
+                   "encoders, the encoder's alias for generators)")
+    p.add_argument("--no-register", action="store_true", help="skip the model registry")
+    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS "
+                   "or a new local cluster)")
+    p.add_argument("--local", action="store_true",
+                   help="single process, no Ray / MLflow: checkpoints in WORKDIR/checkpoints")
+    p.add_argument("--no-progress", action="store_true")
 
 
 DATA_EPILOG = """sources (detected from SOURCE, or named with --source-format):
@@ -99,11 +138,25 @@ def _add_data_parser(sub) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         help="convert SOURCE into numbered .beton shards and manifest.json in DEST",
                         description="Convert SOURCE into shard-00000.beton, ... and "
-                        "manifest.json (written last) in the local folder DEST.")
-    w.add_argument("source", metavar="SOURCE", help="a source folder, or 'sample[:SPLIT]'")
+                        "manifest.json (written last) in DEST, a local folder or s3:// prefix. "
+                        "Shards are written in parallel by worker processes here, or by Ray "
+                        "tasks on a cluster given with --ray-address or RAY_ADDRESS (also "
+                        "'python -m pipelines.write_shards', for 'ray job submit').")
+    add_data_write_arguments(w)
+    v = dsub.add_parser("verify", help="re-hash every shard in DEST against its manifest",
+                        description="Check each shard's size, sha256 and sample count against "
+                        "DEST/manifest.json; exit 2 naming the first bad shard.")
+    v.add_argument("dest", metavar="DEST", help="a folder written by 'arinv data write'")
+
+
+def add_data_write_arguments(w: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of 'arinv data write', shared with 'python -m pipelines.write_shards'."""
+    w.add_argument("source", metavar="SOURCE", help="a source folder, or 'sample[:SPLIT]'; with "
+                   "Ray on several nodes a folder must be at this path on every node")
     w.add_argument("dest", metavar="DEST", help="output folder or s3://bucket/prefix (must not "
-                   "hold a shard set unless --overwrite); S3 output is staged locally, uploaded "
-                   "with checksums, manifest last")
+                   "hold a shard set unless --overwrite). S3: each shard is uploaded, verified, "
+                   "from where it was written; the manifest goes last. With Ray on several "
+                   "nodes a folder must be on a filesystem all nodes share at this path")
     w.add_argument("--source-format", choices=["imagefolder", "cifar10", "catsdogs", "sample"],
                    help="skip format detection")
     w.add_argument("--split", default=None, help="cifar10: train|test, sample: train|val, "
@@ -116,13 +169,16 @@ def _add_data_parser(sub) -> None:
     w.add_argument("--compress-probability", type=float, default=0.5, metavar="P",
                    help="fraction of images stored as JPEG, the rest raw (default 0.5)")
     w.add_argument("--workers", type=int, default=None, metavar="W",
-                   help="parallel shard writers (default: min(4, CPUs))")
+                   help="shards written at once (default: min(4, CPUs) processes; with Ray, as "
+                   "many tasks as the cluster has CPUs for)")
+    w.add_argument("--ray-address", "--address", dest="ray_address", default=None,
+                   metavar="ADDR", help="write the shards as Ray tasks on this cluster: host:port, "
+                   "'auto' (the cluster 'ray start' began here) or 'local' (start one for this "
+                   "run). Default: $RAY_ADDRESS; without either, 'arinv data write' uses worker "
+                   "processes and 'python -m pipelines.write_shards' starts a local cluster")
     w.add_argument("--overwrite", action="store_true", help="replace a shard set already in DEST")
     w.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    v = dsub.add_parser("verify", help="re-hash every shard in DEST against its manifest",
-                        description="Check each shard's size, sha256 and sample count against "
-                        "DEST/manifest.json; exit 2 naming the first bad shard.")
-    v.add_argument("dest", metavar="DEST", help="a folder written by 'arinv data write'")
+    return w
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 def _quickstart(args) -> int:
     from pipelines.quickstart import run_quickstart
 
-    run_quickstart(Path(args.workdir), overrides=args.set, progress=not args.no_progress)
+    run_quickstart(Path(args.workdir), overrides=args.set, progress=not args.no_progress,
+                   address=args.address, tracking_uri=args.tracking_uri, shards=args.shards)
     return 0
 
 
@@ -166,25 +223,55 @@ def _config(args) -> int:
     return 0
 
 
+def _launch(args, cfg):
+    from pipelines.trainer import Launch
+
+    name = args.run_name or cfg.name
+    return Launch(workdir=Path(args.workdir or Path("runs") / name), run_name=name,
+                  storage_path=args.storage_path, tracking_uri=args.tracking_uri,
+                  experiment=args.experiment, register=not args.no_register, alias=args.alias,
+                  address=args.address, progress=not args.no_progress)
+
+
 def _train_encoder(args) -> int:
     from arinv.config import EncoderTrainConfig, load_config
-    from arinv.train.loop import fit_encoder
 
     cfg = load_config(EncoderTrainConfig, args.config, args.set)
-    workdir = Path(args.workdir or Path("runs") / cfg.name)
-    result = fit_encoder(cfg, workdir, progress=not args.no_progress)
+    if args.local:
+        from arinv.train.loop import fit_encoder
+
+        workdir = Path(args.workdir or Path("runs") / cfg.name)
+        result = fit_encoder(cfg, workdir, progress=not args.no_progress)
+    else:
+        from pipelines.train_encoder import train_encoder
+
+        run = _launch(args, cfg)
+        result = train_encoder(cfg, run)
+        workdir = run.workdir
     print(_report_text(result["robustness"]))
     print(f"checkpoint: {result['checkpoint']}\nmetrics:    {workdir / 'metrics.json'}")
+    if result.get("registered"):
+        print(f"registered: {result['registered']} (version {result['version']})\n"
+              f"MLflow:     {result['tracking_uri']} run {result['run_id']}")
     return 0
 
 
 def _train_generator(args) -> int:
     from arinv.config import GeneratorTrainConfig, load_config
-    from arinv.train.generator_loop import fit_generator
 
     cfg = load_config(GeneratorTrainConfig, args.config, args.set)
-    workdir = Path(args.workdir or Path("runs") / cfg.name)
-    q = fit_generator(cfg, workdir, progress=not args.no_progress)["quality"]
+    if args.local:
+        from arinv.train.generator_loop import fit_generator
+
+        workdir = Path(args.workdir or Path("runs") / cfg.name)
+        result = fit_generator(cfg, workdir, progress=not args.no_progress)
+    else:
+        from pipelines.train_generator import train_generator
+
+        run = _launch(args, cfg)
+        result = train_generator(cfg, run)
+        workdir = run.workdir
+    q = result["quality"]
     lp = "n/a (LPIPS weights not installed)" if q["lpips"] is None else f"{q['lpips']:.4f}"
     print(f"held-out reconstruction on {q['n']} images: PSNR {q['psnr']:.2f} dB, "
           f"SSIM {q['ssim']:.4f}, LPIPS {lp}")
@@ -192,7 +279,9 @@ def _train_generator(args) -> int:
         r = q["ri_baseline"]
         print(f"RI baseline (optimisation, {cfg.ri_steps} steps): PSNR {r['psnr']:.2f} dB, "
               f"SSIM {r['ssim']:.4f}")
-    print(f"grid:       {workdir / 'reconstructions.png'}\nmetrics:    {workdir / 'metrics.json'}")
+    print(f"grid:       {result['grid']}\nmetrics:    {workdir / 'metrics.json'}")
+    if result.get("registered"):
+        print(f"registered: {result['registered']} (version {result['version']})")
     return 0
 
 
@@ -228,32 +317,42 @@ def _eval_robustness(args) -> int:
 
 
 def _data(args) -> int:
-    from arinv.data.shards import verify_shards, write_shards
+    from arinv.data.shards import verify_shards
 
     if args.data_command == "verify":
         m = verify_shards(args.dest)
         print(f"{args.dest}: {len(m['shards'])} shards, {m['num_samples']} samples, all match "
               "the manifest")
         return 0
-    import tempfile
+    return data_write(args)
 
-    from arinv.data import storage
 
-    remote = storage.is_s3(args.dest)
-    if remote:  # fail on credentials / bucket before any image is read
-        storage.check_access(args.dest, write=True)
-        if not args.overwrite and storage.exists(args.dest.rstrip("/") + "/manifest.json"):
-            raise storage.StorageError(f"{args.dest}: already holds a shard set; pass --overwrite "
-                                       "or choose another prefix")
-    with tempfile.TemporaryDirectory(prefix="arinv-shards-") as staging:
-        local = Path(staging) / "shards" if remote else Path(args.dest)
-        m = write_shards(args.source, local, source_format=args.source_format, split=args.split,
-                         samples_per_shard=args.samples_per_shard,
+def data_write(args) -> int:
+    """'arinv data write' (also the body of 'python -m pipelines.write_shards'): Ray tasks when
+    args.ray_address or RAY_ADDRESS names a cluster, worker processes otherwise."""
+    import os
+
+    from arinv.data.shards import write_shards
+
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    connected = False
+    if address:
+        import ray
+
+        if not ray.is_initialized():
+            local = {"include_dashboard": False} if address == "local" else {}
+            ray.init(address=address, **local)
+            connected = True
+    try:
+        m = write_shards(args.source, args.dest, source_format=args.source_format,
+                         split=args.split, samples_per_shard=args.samples_per_shard,
                          max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality,
                          compress_probability=args.compress_probability, workers=args.workers,
-                         overwrite=args.overwrite, progress=not args.no_progress)
-        if remote:  # verified multipart uploads, manifest last
-            storage.upload_dir(local, args.dest)
+                         executor="ray" if address else "process", overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    finally:
+        if connected:
+            ray.shutdown()
     print(f"wrote {m['num_samples']} samples ({len(m['classes'])} classes) in {len(m['shards'])} "
           f"shards to {args.dest}; skipped {len(m['skipped'])} bad inputs, ignored "
           f"{m['ignored']['non_image_files']} non-image files (details in "

@@ -109,15 +109,28 @@ class DataConfig:
     num_workers: int = 2
     train_per_class: int = 48  # sample source only: crops per class
     val_per_class: int = 16
+    # Ray pipelines: a local folder or s3:// prefix holding train/ and val/ shard sets written by
+    # 'arinv data write'; null = write the 'sample' source's shards under the run's storage.
+    shards: Optional[str] = None
+    loader: str = "ray"           # "ray" (Ray Data stream) or "ffcv" (ffcv.Loader, local shards)
+    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
 
     def check(self) -> list[str]:
         errs = []
-        if self.source != "sample":
+        if self.loader not in ("ray", "ffcv"):
+            errs.append(f"loader: must be 'ray' or 'ffcv', got {self.loader!r}")
+        if self.loader == "ffcv" and self.shards and "://" in self.shards:
+            errs.append(f"loader: ffcv reads shards on local disk only, data.shards is "
+                        f"{self.shards!r}; use loader=ray for S3")
+        if not 0 < self.crop_min_scale <= 1:
+            errs.append(f"crop_min_scale: must be in (0, 1], got {self.crop_min_scale}")
+        if self.source != "sample" and not self.shards:
             root = Path(self.source).expanduser()
             missing = [s for s in ("train", "val") if not (root / s).is_dir()]
             if missing:
                 errs.append(f"source: {self.source!r} is neither 'sample' nor a folder with "
-                            f"train/ and val/ ImageFolder trees (missing: {', '.join(missing)})")
+                            f"train/ and val/ ImageFolder trees (missing: {', '.join(missing)}); "
+                            "or set data.shards to a shard set written by 'arinv data write'")
         if self.num_workers < 0:
             errs.append(f"num_workers: must be >= 0, got {self.num_workers}")
         if self.train_per_class < 1 or self.val_per_class < 1:
@@ -131,9 +144,14 @@ class EvalConfig:
     pgd_steps: int = 20
     norm: str = "l2"
     max_images: int = 1000  # evaluate on at most this many held-out images
+    every: int = 1          # epochs between per-epoch checks (clean + PGD on epoch_images); 0: off
+    epoch_images: int = 256
 
     def check(self) -> list[str]:
         errs = []
+        if self.every < 0 or self.epoch_images < 1:
+            errs.append(f"every / epoch_images: must be >= 0 / >= 1, got {self.every} / "
+                        f"{self.epoch_images}")
         if any(e < 0 for e in self.pgd_eps):
             errs.append(f"pgd_eps: every radius must be >= 0, got {self.pgd_eps}")
         if self.pgd_steps < 1:
@@ -159,6 +177,44 @@ class RuntimeConfig:
 
 
 @dataclass
+class ScalingConfig:
+    """How a Ray pipeline spreads one run over workers. ``optim.batch_size`` stays the global
+    batch: each optimiser step accumulates batch_size / (num_workers * micro_batch_size)
+    micro-batches per worker."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0           # used only with use_gpu
+    micro_batch_size: Optional[int] = None  # per worker; null = batch_size / num_workers
+    max_failures: int = 3                  # worker-group restarts from the last checkpoint
+    keep_checkpoints: int = 2
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.num_workers < 1:
+            errs.append(f"num_workers: must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker <= 0:
+            errs.append("cpus_per_worker / gpus_per_worker: must be > 0")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            errs.append(f"micro_batch_size: must be >= 1, got {self.micro_batch_size}")
+        if self.max_failures < 0 or self.keep_checkpoints < 1:
+            errs.append("max_failures / keep_checkpoints: must be >= 0 / >= 1")
+        return errs
+
+    def accumulation(self, batch_size: int) -> tuple[int, int]:
+        """(micro-batch size per worker, micro-batches per optimiser step)."""
+        micro = self.micro_batch_size or max(1, batch_size // self.num_workers)
+        per_step = micro * self.num_workers
+        if batch_size % per_step:
+            raise ConfigError(
+                f"scaling: the global batch optim.batch_size={batch_size} is not a multiple of "
+                f"num_workers x micro_batch_size = {self.num_workers} x {micro}; change "
+                "scaling.micro_batch_size or scaling.num_workers")
+        return micro, batch_size // per_step
+
+
+@dataclass
 class EncoderTrainConfig:
     """One encoder training run: standard when ``attack`` is null, adversarial otherwise."""
 
@@ -169,11 +225,12 @@ class EncoderTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def check(self) -> list[str]:
         if not self.name or "/" in self.name:
             return [f"name: must be a non-empty run name without '/', got {self.name!r}"]
-        return []
+        return _batch_errors(self.scaling, self.optim.batch_size)
 
 
 @dataclass
@@ -182,7 +239,9 @@ class EncoderRef:
 
     name: str = "alexnet"
     layer: str = "conv5"
-    checkpoint: Optional[str] = None  # an arinv encoder checkpoint; null = random weights (tests)
+    # an arinv encoder checkpoint file, or a registry URI (models:/arinv-alexnet@robust);
+    # null = random weights (tests)
+    checkpoint: Optional[str] = None
 
     def check(self) -> list[str]:
         from arinv.models import create_encoder, list_encoders
@@ -193,7 +252,7 @@ class EncoderRef:
         taps = create_encoder(self.name, num_classes=2).taps
         if self.layer not in taps:
             errs.append(f"layer: {self.name} has no tap {self.layer!r}; taps: {list(taps)}")
-        if self.checkpoint and "://" not in self.checkpoint and not Path(self.checkpoint).is_file():
+        if self.checkpoint and ":/" not in self.checkpoint and not Path(self.checkpoint).is_file():
             errs.append(f"checkpoint: no file at {self.checkpoint!r}; train one with "
                         "'arinv train-encoder' or point to an existing checkpoint")
         return errs
@@ -274,11 +333,12 @@ class GeneratorTrainConfig:
     augment: bool = False             # the paper trains generators without augmentation
     ri_steps: int = 0                 # > 0: also report the RI baseline (Sec. A2.4) with this many steps
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def check(self) -> list[str]:
         from arinv.models import GENERATOR_TAPS
 
-        errs = []
+        errs = _batch_errors(self.scaling, self.optim.batch_size)
         if not self.name or "/" in self.name:
             errs.append(f"name: must be a non-empty run name without '/', got {self.name!r}")
         pair = GENERATOR_TAPS.get(self.generator.name)
@@ -293,6 +353,16 @@ class GeneratorTrainConfig:
         if self.ri_steps < 0:
             errs.append(f"ri_steps: must be >= 0, got {self.ri_steps}")
         return errs
+
+
+def _batch_errors(scaling: ScalingConfig, batch_size: int) -> list[str]:
+    if scaling.num_workers < 1 or (scaling.micro_batch_size or 1) < 1:
+        return []  # reported by ScalingConfig.check
+    try:
+        scaling.accumulation(batch_size)
+    except ConfigError as e:
+        return [str(e)]
+    return []
 
 
 # ----------------------------------------------------------------------------- machinery

@@ -1,75 +1,196 @@
-"""The main job on the embedded default: bundled photographs, CPU, everything under one folder.
+"""The main job: the whole pipeline at toy size, everything under one folder.
 
-Trains the tiny standard and robust encoders (presets ``tiny-sample-standard`` and
-``tiny-sample-robust``), evaluates both under L2 PGD, and writes ``report.md`` and
-``robustness.png`` in the workdir. Re-running resumes or reuses finished runs.
+1. writes the bundled sample photographs as train/val shard sets (``DIR/shards``);
+2. trains a standard and a robust small AlexNet on Ray Train (``tiny-sample-standard`` /
+   ``-robust``), registers them as ``arinv-alexnet_small@standard`` / ``@robust``;
+3. trains a conv5 generator for each, its encoder taken from the registry by URI, registers
+   each pair as a pyfunc autoencoder (``arinv-alexnet_small-conv5-autoencoder@...``);
+4. loads both autoencoders back from the registry, as a consumer would, reconstructs the same
+   held-out images, and writes ``DIR/report.md`` with ``robustness.png`` and
+   ``reconstructions.png`` beside it (also logged to MLflow).
+
+Ray is local (or ``--address``), MLflow is a sqlite store in ``DIR`` (or ``--tracking-uri``).
+Relaunching resumes unfinished runs and reuses finished ones.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from arinv.config import EncoderTrainConfig, load_config
-from arinv.train.loop import fit_encoder
+from arinv.config import ConfigError, EncoderTrainConfig, GeneratorTrainConfig, load_config
 
-PRESETS = ("tiny-sample-standard", "tiny-sample-robust")
+from pipelines.trainer import Launch, write_sample_shards
+
+ENCODERS = {"standard": "tiny-sample-standard", "robust": "tiny-sample-robust"}
+GENERATOR = "tiny-sample-generator"
+EXPERIMENT = "arinv-quickstart"
 
 
-def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool = True) -> dict:
-    workdir = Path(workdir).resolve()
-    # Validate both configs before any training starts.
-    # attack.* overrides go to the robust preset only: on the standard one they would add an attack.
-    cfgs = [load_config(EncoderTrainConfig, p, [o for o in overrides
-                                                if "robust" in p or not o.startswith("attack")])
-            for p in PRESETS]
-    results, t0 = {}, time.perf_counter()
-    for cfg in cfgs:
-        kind = "robust" if cfg.attack else "standard"
+def configs(overrides: list[str], shards: str | None) -> tuple[dict, dict]:
+    """Validated encoder and generator configs per kind. An override goes to every preset
+    that has the field (``attack.*`` to the robust encoder only); one that none has is an error."""
+    data = [f"data.shards={shards}"] if shards else []
+    used: set[str] = set()
+
+    def load(cls, preset, kind, extra):
+        mine = []
+        for o in overrides:
+            key = o.split("=", 1)[0]
+            if key.startswith("attack") and kind != "robust":
+                continue
+            try:
+                load_config(cls, preset, [*data, *mine, o])
+            except ConfigError as e:
+                if "unknown field" in str(e):
+                    continue
+                raise
+            mine.append(o)
+            used.add(o)
+        return load_config(cls, preset, [*data, *mine, *extra])
+
+    encs = {k: load(EncoderTrainConfig, p, k, []) for k, p in ENCODERS.items()}
+    gens = {k: load(GeneratorTrainConfig, GENERATOR, k,
+                    [f"name={GENERATOR}-{k}",
+                     f"encoder.checkpoint=models:/arinv-{encs[k].model.name}@{k}"])
+            for k in ENCODERS}
+    unused = [o for o in overrides if o not in used]
+    if unused:
+        raise ConfigError(f"--set {unused[0]}: no quickstart preset has this field "
+                          f"({', '.join([*ENCODERS.values(), GENERATOR])})")
+    return encs, gens
+
+
+def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool = True,
+                   address: str | None = None, tracking_uri: str | None = None,
+                   shards: str | None = None) -> dict:
+    from pipelines.train_encoder import train_encoder
+    from pipelines.train_generator import train_generator
+
+    workdir = Path(workdir).expanduser().resolve()
+    encs, gens = configs(list(overrides), shards)  # every config checked before any work
+    tracking_uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    t0 = time.perf_counter()
+    if shards is None:
+        d = encs["standard"].data
+        print(f"== writing the bundled sample set as shards ({d.train_per_class} train and "
+              f"{d.val_per_class} held-out crops per class)")
+        shards = str(write_sample_shards(workdir / "shards", d.train_per_class,
+                                         d.val_per_class, progress=progress))
+        encs, gens = configs(list(overrides), shards)
+
+    def launch(kind: str, cfg) -> Launch:
+        return Launch(workdir=workdir / kind / cfg.name, storage_path=str(workdir / "ray"),
+                      tracking_uri=tracking_uri, experiment=EXPERIMENT, address=address,
+                      progress=progress, model_cache=str(workdir / "model-cache"))
+
+    results: dict = {"encoders": {}, "generators": {}}
+    for kind, cfg in encs.items():
         print(f"== training the {kind} encoder ({cfg.name}: {cfg.model.name}, "
-              f"{cfg.optim.epochs} epochs{'' if not cfg.attack else f', L2 PGD eps {cfg.attack.eps}'})")
-        results[kind] = fit_encoder(cfg, workdir / "encoders" / cfg.name, progress=progress)
-    report = write_report(workdir, results, time.perf_counter() - t0)
-    print("\n" + (workdir / "report.md").read_text())
-    print(f"report: {report}\nplot:   {workdir / 'robustness.png'}")
+              f"{cfg.optim.epochs} epochs{f', L2 PGD eps {cfg.attack.eps}' if cfg.attack else ''})")
+        results["encoders"][kind] = train_encoder(cfg, launch("encoders", cfg))
+    for kind, cfg in gens.items():
+        print(f"== training a generator that inverts {cfg.encoder.checkpoint} "
+              f"({cfg.generator.name}, {cfg.optim.epochs} epochs)")
+        results["generators"][kind] = train_generator(cfg, launch("generators", cfg))
+    print("== loading both autoencoders back from the registry")
+    grid = reconstruction_grid(workdir / "reconstructions.png", results, gens, tracking_uri)
+    report = write_report(workdir, results, time.perf_counter() - t0, grid)
+    log_report(workdir, tracking_uri)
+    print("\n" + report.read_text())
+    print(f"report: {report}\nMLflow: mlflow ui --backend-store-uri {tracking_uri} "
+          "(then open http://127.0.0.1:5000)")
+    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 
 
-def write_report(workdir: Path, results: dict, seconds: float) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    eps = sorted({float(e) for r in results.values() for e in r["robustness"]["pgd"]})
-    head = "| encoder | clean | " + " | ".join(f"PGD ε={e:g}" for e in eps) + " | sanity checks |"
-    rows = [head, "|" + "---|" * (len(eps) + 3)]
-    for kind, r in results.items():
+def reconstruction_grid(path: Path, results: dict, gens: dict, tracking_uri: str) -> Path:
+    """Rows: held-out input | standard autoencoder | robust autoencoder, both loaded from the
+    registry with ``mlflow.pyfunc.load_model`` alone."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from arinv.data.local import local_loaders
+    from arinv.train.loop import collect
+    from arinv.viz import save_grid
+
+    cfg = next(iter(gens.values()))
+    _, val, _ = local_loaders(cfg.data, cfg.resolution, 64, cfg.runtime.seed)
+    x, _ = collect(val, cfg.eval_images)
+    idx = torch.linspace(0, len(x) - 1, 8).long()
+    x = x[idx].numpy().astype(np.float32)
+    mlflow.set_tracking_uri(tracking_uri)
+    rows = [torch.from_numpy(x)]
+    for kind in gens:
+        model = mlflow.pyfunc.load_model(results["generators"][kind]["registered"])
+        rows.append(torch.from_numpy(np.asarray(model.predict(x)["reconstruction"])))
+    return save_grid(path, rows)
+
+
+def write_report(workdir: Path, results: dict, seconds: float, grid: Path) -> Path:
+    encs, gens = results["encoders"], results["generators"]
+    eps = sorted({float(e) for r in encs.values() for e in r["robustness"]["pgd"]})
+    rows = ["| encoder | clean | " + " | ".join(f"PGD ε={e:g}" for e in eps) + " | sanity checks |",
+            "|" + "---|" * (len(eps) + 3)]
+    for kind, r in encs.items():
         rob = r["robustness"]
         accs = " | ".join(f"{rob['pgd'].get(str(e), float('nan')):.3f}" for e in eps)
         ok = all(c["passed"] for c in rob["checks"])
         checks = "all passed" if ok else "; ".join(c["detail"] for c in rob["checks"] if not c["passed"])
-        rows.append(f"| {kind} ({r['name']}) | {rob['clean']:.3f} | {accs} | {checks} |")
-    any_rob = next(iter(results.values()))["robustness"]
+        rows.append(f"| {kind} ({r['registered']}) | {rob['clean']:.3f} | {accs} | {checks} |")
+    q_rows = ["| inverted encoder | PSNR (dB) ↑ | SSIM ↑ | LPIPS ↓ | RI baseline PSNR / SSIM |",
+              "|---|---|---|---|---|"]
+    for kind, r in gens.items():
+        q = r["quality"]
+        lp = "n/a¹" if q["lpips"] is None else f"{q['lpips']:.3f}"
+        ri = q.get("ri_baseline")
+        ri_txt = f"{ri['psnr']:.2f} / {ri['ssim']:.3f}" if ri else "—"
+        q_rows.append(f"| {kind} ({r['registered']}) | {q['psnr']:.2f} | {q['ssim']:.3f} | {lp} | "
+                      f"{ri_txt} |")
+    any_rob = next(iter(encs.values()))["robustness"]
+    n_q = next(iter(gens.values()))["quality"]["n"]
     text = "\n".join([
         "# arinv quickstart report", "",
-        f"Accuracy on {any_rob['n']} held-out crops of the bundled photographs (8 classes, "
-        f"chance 0.125) under L2 PGD-{any_rob['steps']} (step 2.5 ε / steps). "
-        f"Total time {seconds / 60:.1f} min.", "",
-        *rows, "",
-        "![robust accuracy against ε](robustness.png)", "",
-        "Checkpoints and per-epoch metrics: `encoders/<preset>/`.",
+        f"Total time {seconds / 60:.1f} min. Bundled photographs, 8 classes (chance 0.125).", "",
+        f"## Encoders: accuracy on {any_rob['n']} held-out crops under L2 PGD-{any_rob['steps']}",
+        "", *rows, "", "![accuracy against ε](robustness.png)", "",
+        f"## Feature inversion (conv5) on {n_q} held-out crops", "", *q_rows, "",
+        "¹ LPIPS needs its AlexNet backbone weights in the torch hub cache "
+        "(`alexnet-owt-7be5be79.pth`); without them no LPIPS is reported." if any(
+            r["quality"]["lpips"] is None for r in gens.values()) else "", "",
+        f"![held-out inputs, standard and robust reconstructions]({grid.name})", "",
+        "Rows: held-out input | standard autoencoder | robust autoencoder (both loaded back from "
+        "the MLflow registry with `mlflow.pyfunc.load_model`).", "",
+        "Runs: `encoders/<preset>/`, `generators/<preset>/` (final checkpoint, metrics.json); "
+        "Ray Train checkpoints: `ray/`; MLflow: `mlflow.db`, `mlartifacts/`.",
     ])
-    _plot(workdir / "robustness.png", results)
+    _plot(workdir / "robustness.png", encs)
     path = workdir / "report.md"
     path.write_text(text + "\n")
     return path
 
 
-def _plot(path: Path, results: dict) -> None:
+def log_report(workdir: Path, tracking_uri: str) -> None:
+    from pipelines.tracking import RunLogger, find_or_create_run
+
+    run_id = find_or_create_run(tracking_uri, EXPERIMENT, f"{workdir}/report", run_name="report",
+                                tags={"arinv.kind": "report"})
+    log = RunLogger(tracking_uri, run_id)
+    for name in ("report.md", "robustness.png", "reconstructions.png"):
+        log.log_artifact(workdir / name)
+    log.close(status="FINISHED")
+
+
+def _plot(path: Path, encs: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for kind, r in results.items():
+    for kind, r in encs.items():
         rob = r["robustness"]
         xs = [0.0] + [float(e) for e in rob["pgd"]]
         ys = [rob["clean"]] + list(rob["pgd"].values())

@@ -128,10 +128,10 @@ def _decode_at_least(payload, mode, w, h, need_w, need_h):
     return decode(payload, int(mode), int(w), int(h)), 1
 
 
-def _train_crop(payload, mode, w, h, resolution, rng):
+def _train_crop(payload, mode, w, h, resolution, rng, scale=(0.08, 1.0)):
     import cv2
 
-    left, top, cw, ch = _crop_box(w, h, rng)
+    left, top, cw, ch = _crop_box(w, h, rng, scale)
     img, s = _decode_at_least(payload, mode, w, h, w * resolution / cw, h * resolution / ch)
     img = img[top // s:(top + ch) // s, left // s:(left + cw) // s]
     interp = cv2.INTER_AREA if img.shape[0] > resolution else cv2.INTER_LINEAR
@@ -151,7 +151,8 @@ def _eval_crop(payload, mode, w, h, resolution, crop_ratio=224 / 256):
     return img[top:top + resolution, left:left + resolution]
 
 
-def decode_batch(batch: dict, *, split_transform: str, resolution: int) -> dict:
+def decode_batch(batch: dict, *, split_transform: str, resolution: int,
+                 crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
     """Decode + crop a batch of rows: random-resized-crop + flip ("train") or resize + centre
     crop ("eval"); uint8 NCHW out."""
     import cv2
@@ -161,7 +162,7 @@ def decode_batch(batch: dict, *, split_transform: str, resolution: int) -> dict:
     out = np.empty((len(batch["label"]), 3, resolution, resolution), np.uint8)
     for i, row in enumerate(zip(batch["payload"], batch["mode"], batch["width"], batch["height"])):
         p, m, w, h = row[0], int(row[1]), int(row[2]), int(row[3])
-        img = (_train_crop(p, m, w, h, resolution, rng) if split_transform == "train"
+        img = (_train_crop(p, m, w, h, resolution, rng, crop_scale) if split_transform == "train"
                else _eval_crop(p, m, w, h, resolution))
         out[i] = img.transpose(2, 0, 1)
     return {"image": out, "label": batch["label"].astype(np.int64),
@@ -172,7 +173,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
                 rows_per_task: int = 256, decode_batch_size: int | None = None,
                 cache_dir: str = DEFAULT_CACHE, cache_bytes: int = DEFAULT_CACHE_BYTES,
                 verify: str = "size", runtime_env: dict | None = None,
-                num_cpus: float | None = None) -> Dataset:
+                num_cpus: float | None = None,
+                crop_scale: tuple[float, float] = (0.08, 1.0)) -> Dataset:
     """A Ray Dataset of decoded, cropped uint8 batches from the shard set at ``uri``.
 
     ``verify``: "size" checks each local shard's size against the manifest when it is opened
@@ -182,6 +184,7 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     forces a separate, re-bundling stage). ``runtime_env`` goes to the read and decode
     tasks (e.g. ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` when the cluster's nodes lack them).
     ``num_cpus`` is the logical CPU share of each read + decode task (Ray's default: 1).
+    ``crop_scale``: the random-resized-crop's area range for ``split_transform="train"``.
     """
     if split_transform not in ("train", "eval"):
         raise ValueError(f"split_transform must be 'train' or 'eval', got {split_transform!r}")
@@ -204,4 +207,5 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     blocks = sum(math.ceil(s["num_samples"] / rows_per_task) for s in manifest["shards"])
     return read_datasource(source, override_num_blocks=blocks, **env).map_batches(
         decode_batch, batch_size=decode_batch_size, batch_format="numpy",
-        fn_kwargs={"split_transform": split_transform, "resolution": resolution}, **env)
+        fn_kwargs={"split_transform": split_transform, "resolution": resolution,
+                   "crop_scale": tuple(crop_scale)}, **env)

@@ -56,25 +56,25 @@ def local_loaders(data_cfg, resolution: int, batch_size: int, seed: int = 0, *,
     if data_cfg.source == "sample":
         xt, yt, classes = _sample_split("train", data_cfg.train_per_class, seed)
         xv, yv, _ = _sample_split("val", data_cfg.val_per_class, seed)
-        tf = train_transform(resolution, (0.35, 1)) if augment else eval_transform(resolution)
+        tf = train_transform(resolution, (data_cfg.crop_min_scale, 1)) if augment else eval_transform(resolution)
         train = TensorBatches(xt, yt, batch_size, transform=tf,
                               shuffle=True, seed=seed, drop_last=len(yt) > batch_size)
         val = TensorBatches(xv, yv, batch_size, transform=eval_transform(resolution),
                             shuffle=False)
         return train, val, classes
     return _folder_loaders(Path(data_cfg.source).expanduser(), resolution, batch_size,
-                           data_cfg.num_workers, augment)
+                           data_cfg.num_workers, augment, data_cfg.crop_min_scale)
 
 
 def _folder_loaders(root: Path, resolution: int, batch_size: int, num_workers: int,
-                    augment: bool):
+                    augment: bool, crop_min_scale: float):
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
     def folder(split, tf):
         return ImageFolder(str(root / split), transform=v2.Compose([v2.PILToTensor(), tf]))
 
-    train_ds = folder("train", train_transform(resolution) if augment else eval_transform(resolution))
+    train_ds = folder("train", train_transform(resolution, (crop_min_scale, 1)) if augment else eval_transform(resolution))
     val_ds = folder("val", eval_transform(resolution))
     if train_ds.classes != val_ds.classes:
         raise ValueError(f"{root}: train/ and val/ have different class folders")

@@ -37,6 +37,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     return correct / max(1, len(y))
 
 
+def epoch_accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_list,
+                     norm: str, steps: int, batch_size: int = 256, autocast=None) -> dict:
+    """The cheap per-epoch check: ``val_clean_acc`` and ``val_pgd_acc_eps<e>`` (PGD, step
+    2.5 eps / steps) on a fixed held-out subset."""
+    out = {"val_clean_acc": accuracy(model, x, y, batch_size=batch_size, autocast=autocast)}
+    for eps in sorted(eps_list):
+        attack = lambda m, xb, yb, e=eps: pgd(m, xb, yb, eps=e, step_size=2.5 * e / steps,  # noqa: E731
+                                             steps=steps, norm=norm, autocast=autocast)
+        out[f"val_pgd_acc_eps{eps:g}"] = accuracy(model, x, y, batch_size=batch_size,
+                                                  attack=attack, autocast=autocast)
+    return out
+
+
 @dataclass
 class RobustnessReport:
     n: int

@@ -57,9 +57,9 @@ def gan_step(
         x_hat = generator(f)
     if use_gan:
         discriminator.train()
-        with amp:
-            d_real = discriminator(x, f)
-            d_fake = discriminator(x_hat.detach(), f)
+        with amp:  # one forward over real + fake: DDP allows one forward per backward
+            d_real, d_fake = discriminator(torch.cat([x, x_hat.detach()]),
+                                           torch.cat([f, f])).chunk(2)
             loss_d = weights.disc * (gan_loss(d_real, True) + gan_loss(d_fake, False))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()

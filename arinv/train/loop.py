@@ -3,8 +3,8 @@ Train pipeline feeds, with per-epoch checkpoints that an interrupted run resumes
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -16,29 +16,34 @@ from arinv.data.local import local_loaders
 from arinv.metrics.robustness import RobustnessReport, robustness_report
 from arinv.models import create_encoder
 
-from .runtime import autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
+from .runtime import EpochMeter, autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
 from .state import CheckpointError, load_checkpoint, resume, save_checkpoint
 from .steps import adversarial_step, build_optimizer, standard_step
 
 def train_epoch(model, optimizer, batches: Iterable, cfg: EncoderTrainConfig, device, *,
-                desc: str = "train", progress: bool = True) -> dict[str, float]:
+                desc: str = "train", progress: bool = True, accumulate: int = 1,
+                attack_model=None) -> dict[str, float]:
+    """One pass over ``batches`` with the step functions. ``accumulate`` micro-batches make one
+    optimiser step (a DDP ``model`` syncs gradients on the last one only; a trailing partial
+    group is dropped, like drop_last). Returns per-image means plus ``n``, ``seconds``,
+    ``data_wait_s`` (time spent waiting for the next batch) and ``images_per_s``."""
     amp = autocast_for(device, cfg.runtime.amp)
-    sums: dict[str, float] = {}
-    n, t0 = 0, time.perf_counter()
-    bar = tqdm(batches, desc=desc, leave=False, disable=not progress, unit="batch")
-    for xb, yb in bar:
+    no_sync = getattr(model, "no_sync", contextlib.nullcontext)
+    meter = EpochMeter(batches)
+    bar = tqdm(meter, desc=desc, leave=False, disable=not progress, unit="batch")
+    for i, (xb, yb) in enumerate(bar, 1):
         x, y = prepare_batch(xb, yb, device, cfg.runtime.channels_last)
-        if cfg.attack is None:
-            out = standard_step(model, optimizer, x, y, autocast=amp)
-        else:
-            out = adversarial_step(model, optimizer, x, y, cfg.attack, autocast=amp)
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(y)
-        n += len(y)
-        bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
-    metrics = {k: v / max(1, n) for k, v in sums.items()}
-    metrics["images_per_s"] = n / (time.perf_counter() - t0)
-    return metrics
+        update = i % accumulate == 0
+        kw = dict(autocast=amp, loss_scale=1.0 / accumulate, update=update)
+        with contextlib.nullcontext() if update else no_sync():
+            if cfg.attack is None:
+                out = standard_step(model, optimizer, x, y, **kw)
+            else:
+                out = adversarial_step(model, optimizer, x, y, cfg.attack,
+                                       attack_model=attack_model, **kw)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in meter.add(out, len(y)).items()})
+    optimizer.zero_grad(set_to_none=True)  # a trailing partial accumulation group
+    return meter.summary()
 
 
 def collect(batches: Iterable, max_images: int) -> tuple[torch.Tensor, torch.Tensor]:

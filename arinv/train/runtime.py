@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 
 import numpy as np
 import torch
@@ -45,3 +46,35 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class EpochMeter:
+    """Wraps an epoch's batches: per-image sums of step metrics and the time spent waiting for
+    data; ``summary()`` gives per-image means plus ``n``, ``seconds``, ``data_wait_s`` and
+    ``images_per_s``."""
+
+    def __init__(self, batches):
+        self.batches, self.sums, self.n, self.wait = batches, {}, 0, 0.0
+        self.t0 = time.perf_counter()
+
+    def __iter__(self):
+        it = iter(self.batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t
+            yield batch
+
+    def add(self, out: dict, count: int) -> dict[str, float]:
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * count
+        self.n += count
+        return {k: v / self.n for k, v in self.sums.items()}
+
+    def summary(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.t0
+        return {**{k: v / max(1, self.n) for k, v in self.sums.items()}, "n": self.n,
+                "seconds": seconds, "data_wait_s": self.wait, "images_per_s": self.n / seconds}

@@ -71,13 +71,14 @@ def load_checkpoint(path: str | Path, *, kind: str, arch: dict, modules: dict[st
         raise CheckpointError(f"{path}: has no state for {missing}")
     for k, m in modules.items():
         _unwrap(m).load_state_dict(payload["state"][k])
-    if restore_rng:
+    if restore_rng and "rng" in payload:
         set_rng_state(payload["rng"])
     return payload
 
 
 # Config fields that may differ between a checkpoint's run and the run resuming it.
-RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.num_workers", "runtime.device", "name")
+RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.num_workers", "data.shards", "data.loader",
+                     "runtime.device", "scaling.", "name")
 
 
 def resume(path: Path, *, kind: str, arch: dict, modules: dict[str, Any], config: dict,
@@ -110,6 +111,25 @@ def check_arch(path, found: dict, expected: dict) -> None:
         f"{path}: was saved from a different architecture ({'; '.join(diffs)}). "
         "Use a checkpoint of this architecture, or a new run name / workdir to start fresh."
     )
+
+
+def export_weights(src: str | Path, dst: str | Path, keep: tuple[str, ...]) -> Path:
+    """A slim copy of checkpoint ``src`` holding only the ``keep`` states (e.g. the model's
+    weights, no optimiser) with the same kind / arch / config, for handing to consumers."""
+    src, dst = Path(src), Path(dst)
+    payload = torch.load(src, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{src}: not an arinv checkpoint (expected format {FORMAT})")
+    missing = [k for k in keep if k not in payload["state"]]
+    if missing:
+        raise CheckpointError(f"{src}: has no state for {missing}")
+    payload["state"] = {k: payload["state"][k] for k in keep}
+    payload.pop("rng", None)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, dst)
+    return dst
 
 
 def _unwrap(m):

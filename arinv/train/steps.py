@@ -49,10 +49,15 @@ def adversarial_step(
     autocast=None,
     loss_scale: float = 1.0,
     update: bool = True,
+    attack_model: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Madry et al.: train on PGD examples built against the current weights (eval-mode attack)."""
+    """Madry et al.: train on PGD examples built against the current weights (eval-mode attack).
+
+    ``attack_model``: the module the attack differentiates (default ``model``); a DDP run passes
+    the wrapped module, since the attack's input gradients need no gradient synchronisation.
+    """
     x_adv = pgd(
-        model, x, y,
+        attack_model or model, x, y,
         eps=attack.eps, step_size=attack.effective_step_size, steps=attack.steps,
         norm=attack.norm, random_start=attack.random_start, use_best=attack.use_best,
         autocast=autocast,

@@ -41,7 +41,7 @@ def test_bad_config_exits_2_with_the_field_named(capsys):
 def test_train_then_eval_robustness(tmp_path, capsys):
     wd = tmp_path / "run"
     assert main(["train-encoder", "--config", "tiny-sample-robust", "--workdir", str(wd),
-                 "--no-progress", "--set", "attack.steps=2", *TINY]) == 0
+                 "--local", "--no-progress", "--set", "attack.steps=2", *TINY]) == 0
     assert "clean accuracy" in capsys.readouterr().out
     out_json = tmp_path / "rob.json"
     code = main(["eval-robustness", "--checkpoint", str(wd / "checkpoints" / "last.pt"),
@@ -58,12 +58,3 @@ def test_train_then_eval_robustness(tmp_path, capsys):
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["eval-robustness", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
-
-
-def test_quickstart_writes_report_and_plot(tmp_path, capsys):
-    assert main(["quickstart", "--workdir", str(tmp_path), "--no-progress",
-                 "--set", "attack.steps=2", *TINY]) == 0
-    report = (tmp_path / "report.md").read_text()
-    assert "| standard (tiny-sample-standard) |" in report and "| robust (tiny-sample-robust) |" in report
-    assert (tmp_path / "robustness.png").stat().st_size > 1000
-    assert str(tmp_path / "report.md") in capsys.readouterr().out

@@ -14,7 +14,7 @@ TINY = ["data.train_per_class=2", "data.val_per_class=1", "optim.batch_size=8",
 def encoder_ckpt(tmp_path_factory):
     wd = tmp_path_factory.mktemp("enc")
     assert main(["train-encoder", "--config", "tiny-sample-standard", "--workdir", str(wd),
-                 "--no-progress", "--set", "optim.epochs=1", "--set", "data.train_per_class=2",
+                 "--local", "--no-progress", "--set", "optim.epochs=1", "--set", "data.train_per_class=2",
                  "--set", "data.val_per_class=1", "--set", "eval.pgd_eps=[0.5]",
                  "--set", "eval.pgd_steps=1"]) == 0
     return wd / "checkpoints" / "last.pt"
@@ -54,7 +54,7 @@ def test_resume_with_another_generator_architecture_is_refused(tmp_path, encoder
 def test_encoder_checkpoint_of_another_architecture_is_refused(tmp_path):
     wd = tmp_path / "resnet"
     assert main(["train-encoder", "--config", "tiny-sample-standard", "--workdir", str(wd),
-                 "--no-progress", "--set", "model.name=resnet18_cifar_small", "--set",
+                 "--local", "--no-progress", "--set", "model.name=resnet18_cifar_small", "--set",
                  "model.resolution=32", "--set", "optim.epochs=1", "--set",
                  "data.train_per_class=1", "--set", "data.val_per_class=1",
                  "--set", "eval.pgd_eps=[0.5]", "--set", "eval.pgd_steps=1"]) == 0
@@ -64,7 +64,7 @@ def test_encoder_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_train_generator_cli(tmp_path, encoder_ckpt, capsys):
     args = ["train-generator", "--config", "tiny-sample-generator", "--workdir", str(tmp_path),
-            "--no-progress", "--set", f"encoder.checkpoint={encoder_ckpt}", "--set", "optim.epochs=1"]
+            "--local", "--no-progress", "--set", f"encoder.checkpoint={encoder_ckpt}", "--set", "optim.epochs=1"]
     for item in TINY:
         args += ["--set", item]
     assert main(args) == 0

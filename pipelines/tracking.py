@@ -1,0 +1,689 @@
+"""MLflow glue: one run per training run (found again by a tag on retries), a non-blocking
+logger for the training loop, and the registry (pyfunc encoder / autoencoder models, aliases,
+checkpoint download for consumers).
+
+Everything talks to MLflow through ``MlflowClient(tracking_uri)``, never the fluent active-run
+state, so it is safe inside Ray workers. The registry functions also set the global tracking URI
+for their duration: ``mlflow.models.Model.log``, the download of ``models:/`` / ``runs:/`` URIs
+and a sqlite registry resolving ``models:/m-...`` sources all read it, whatever client they are
+called through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import itertools
+import logging
+import math
+import numbers
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # no public equivalent
+
+RUN_KEY_TAG = "arinv.run_key"
+KIND_TAG = "arinv.kind"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+_log = logging.getLogger(__name__)
+
+# MLflow's request limits (mlflow.utils.validation).
+_MAX_PARAM_VALUE = 6000
+_MAX_TAG_VALUE = 8000
+_MAX_PARAMS_TAGS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+
+# Error codes that mean "this request is wrong": retrying cannot help.
+_REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
+             "MALFORMED_REQUEST", "RESOURCE_ALREADY_EXISTS"}
+
+# MLflow retries each request up to 7 times with exponential backoff (minutes in all) by default.
+# RunLogger retries on its own, so in its process these become short unless already set.
+SHORT_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+class TrackingUnreachable(ConnectionError):
+    """The MLflow tracking server did not answer; the message names its URI."""
+
+
+def default_tracking_uri(workdir) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else a sqlite file in ``workdir`` (MLflow 3 refuses the
+    plain file store, and the registry needs a database)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """True when ``e`` (or what it wraps) is a failed connection or a timeout."""
+    import requests
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError,
+                          TimeoutError)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextmanager
+def _explain_unreachable(tracking_uri: str, doing: str):
+    try:
+        yield
+    except Exception as e:
+        if is_unreachable(e):
+            raise TrackingUnreachable(
+                f"MLflow tracking server {tracking_uri} unreachable while {doing} ({_short(e)}). "
+                "Start it, or point MLFLOW_TRACKING_URI / the tracking_uri argument at a running "
+                "one.") from e
+        raise
+
+
+@contextmanager
+def _global_tracking_uri(uri: str):
+    """MLflow's ``_use_tracking_uri`` also deletes $MLFLOW_TRACKING_URI on exit when the URI came
+    from there (set_tracking_uri(None) unsets it); put it back, and the import path too
+    (loading a model to check its input example prepends the model's code dir to sys.path)."""
+    env, path = os.environ.get("MLFLOW_TRACKING_URI"), list(sys.path)
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        sys.path[:] = path
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _short(e: BaseException, n: int = 300) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# ------------------------------------------------------------------------------------ runs
+
+def find_or_create_run(tracking_uri: str, experiment: str, run_key: str, *, run_name: str,
+                       tags: dict | None = None) -> str:
+    """The id of the run tagged ``arinv.run_key=run_key`` in ``experiment`` (both created when
+    missing). A retried or resumed training run finds its run again; a finished or failed one
+    is set back to RUNNING."""
+    if not run_key or "'" in run_key or "`" in run_key:
+        raise ValueError(f"run_key {run_key!r}: must be non-empty, without quotes or backticks")
+    client = MlflowClient(tracking_uri)
+    with _explain_unreachable(tracking_uri, f"looking up run {run_key!r}"):
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        runs = client.search_runs([exp_id], f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                                  max_results=10, order_by=["attributes.start_time ASC"])
+        if not runs:
+            all_tags = {**{k: str(v) for k, v in (tags or {}).items()}, RUN_KEY_TAG: run_key}
+            return client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+        if len(runs) > 1:
+            _log.warning("%d runs in experiment %r carry %s=%s; using the oldest, %s",
+                         len(runs), experiment, RUN_KEY_TAG, run_key, runs[0].info.run_id)
+        run = runs[0].info
+        if run.status != "RUNNING":
+            client.update_run(run.run_id, status="RUNNING")
+        return run.run_id
+
+
+def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, _artifact_location(tracking_uri, name))
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":  # else another process just made it
+                raise
+            exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        raise ValueError(f"MLflow experiment {name!r} at {tracking_uri} is deleted; restore it "
+                         f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or "
+                         "use another experiment name")
+    return exp.experiment_id
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Next to a sqlite database; MLflow's default there is ./mlruns of the *current*
+    directory, which differs between the driver and Ray workers. A server decides for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):])
+    return (db.parent / "mlartifacts" / _safe(experiment)).as_uri()
+
+
+# ------------------------------------------------------------------------------- RunLogger
+
+class RunLogger:
+    """Logs to one run from a background thread so training never waits on, or dies from,
+    an unreachable tracking server: calls enqueue and return at once; the thread delivers in
+    order, retrying a failed delivery every ``retry_interval`` seconds (``flush`` retries at
+    once); logged warnings say what is pending while the server is unreachable.
+
+    Items the server refuses (an invalid name, a deleted run) are dropped with a warning and
+    make ``flush`` / ``close`` return False. With ``short_http_retries`` (default) MLflow's own
+    per-request retries in this process become short (:data:`SHORT_HTTP_SETTINGS`, only where
+    the variables are unset): MLflow's default backoff would delay recovery by minutes.
+    Call ``close`` at the end: the thread is a daemon, so unflushed items die with the process.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, retry_interval: float = 5.0,
+                 short_http_retries: bool = True):
+        if short_http_retries:
+            for k, v in SHORT_HTTP_SETTINGS.items():
+                os.environ.setdefault(k, v)
+        self.tracking_uri, self.run_id, self.retry_interval = tracking_uri, run_id, retry_interval
+        self.rejected = 0                    # items the server refused
+        self._items: deque = deque()         # (kind, payload); popped once delivered
+        self._cond = threading.Condition()
+        self._queued = self._handled = 0
+        self._closed = self._stop = self._retry_now = False
+        self._spool = Path(tempfile.mkdtemp(prefix="arinv-mlflow-spool-"))
+        self._seq = itertools.count()
+        self._client = None
+        self._params: dict | None = None     # the run's params as the server has them
+        self._skipped_metrics: set = set()
+        self._down_since = self._next_warning = None
+        self._unmerged = 0                   # items to send one by one (a merged batch was refused)
+        self._thread = threading.Thread(target=self._loop, name=f"RunLogger-{run_id[:8]}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- training side: never blocks on the network
+    @property
+    def pending(self) -> int:
+        return len(self._items)
+
+    def log_params(self, params: dict) -> None:
+        """Params are write-once: a key already on the run with the same value is skipped, a
+        different value is skipped with a warning. Values are stringified and truncated."""
+        clean = {str(k): str(v)[:_MAX_PARAM_VALUE] for k, v in params.items()}
+        if clean:
+            self._put("params", clean)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Numeric, finite values only; others are skipped (with one warning per key)."""
+        ts = int(time.time() * 1000)  # fixed now, so a retried delivery is a duplicate MLflow drops
+        batch = []
+        for k, v in metrics.items():
+            value = _as_float(v)
+            if value is None or not math.isfinite(value):
+                if k not in self._skipped_metrics:
+                    self._skipped_metrics.add(k)
+                    _log.warning("RunLogger: metric %r=%r is not a finite number; skipped", k, v)
+                continue
+            batch.append(Metric(str(k), value, ts, int(step)))
+        if batch:
+            self._put("metrics", batch)
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        """Copies the file or directory now (the caller may change or delete it); uploads later.
+        A path that cannot be copied is skipped with a warning."""
+        self._check_open()
+        src = Path(path)
+        dst = self._spool / str(next(self._seq)) / src.name
+        try:
+            dst.parent.mkdir(parents=True)
+            shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+        except OSError as e:
+            _log.warning("RunLogger: cannot copy artifact %s for upload (%s); skipped", src, e)
+            shutil.rmtree(dst.parent, ignore_errors=True)
+            return
+        self._put("artifact", (dst, artifact_path))
+
+    def set_tags(self, tags: dict) -> None:
+        clean = [RunTag(str(k), str(v)[:_MAX_TAG_VALUE]) for k, v in tags.items()]
+        if clean:
+            self._put("tags", clean)
+
+    def flush(self, timeout: float = 120.0) -> bool:
+        """True when everything queued so far was delivered (none refused) within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._queued
+            self._retry_now = True
+            self._cond.notify_all()
+            while self._handled < target and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._handled >= target and self.rejected == 0
+
+    def close(self, status: str | None = None, timeout: float = 120.0) -> bool:
+        """Flush, optionally mark the run ``status`` (FINISHED / FAILED / KILLED), stop the
+        thread. False (and a warning with the number of undelivered items) on timeout."""
+        if status is not None and status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"close(status={status!r}): use FINISHED, FAILED, KILLED or None")
+        if self._closed:
+            return self.flush(0)
+        if status is not None:
+            self._put("terminate", status)
+        self._closed = True
+        ok = self.flush(timeout)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self.pending:
+            _log.warning("RunLogger: %d item(s) for run %s not delivered to %s within %.0f s; "
+                         "given up (artifact copies left in %s)", self.pending, self.run_id,
+                         self.tracking_uri, timeout, self._spool)
+        else:
+            self._thread.join(timeout=5)
+            shutil.rmtree(self._spool, ignore_errors=True)
+        return ok
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"RunLogger for run {self.run_id} is closed; create a new one")
+
+    def _put(self, kind: str, payload) -> None:
+        self._check_open()
+        with self._cond:
+            self._items.append((kind, payload))
+            self._queued += 1
+            self._cond.notify_all()
+
+    # -- delivery thread
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                items = self._head()
+            outcome = self._attempt(items)
+            with self._cond:
+                if outcome == "split":
+                    self._unmerged = len(items)
+                    continue
+                if outcome != "retry":
+                    for _ in items:
+                        self._items.popleft()
+                    self._handled += len(items)
+                    self._unmerged = max(0, self._unmerged - len(items))
+                    self._cond.notify_all()
+                    continue
+                self._retry_now = False
+                self._cond.wait_for(lambda: self._retry_now or self._stop, self.retry_interval)
+
+    def _head(self) -> list:
+        """The first item; consecutive metric items are merged into one request."""
+        items = [self._items[0]]
+        if items[0][0] == "metrics" and not self._unmerged:
+            n = len(items[0][1])
+            for item in itertools.islice(self._items, 1, None):
+                if item[0] != "metrics" or n + len(item[1]) > _MAX_METRICS_PER_BATCH:
+                    break
+                items.append(item)
+                n += len(item[1])
+        return items
+
+    def _attempt(self, items: list) -> str:
+        """'done', 'rejected' (dropped), 'split' (resend one by one) or 'retry'."""
+        try:
+            self._deliver(items)
+        except Exception as e:  # noqa: BLE001 - nothing from tracking may reach the training loop
+            if _is_rejection(e) and len(items) > 1:
+                return "split"  # drop only the item the server refuses
+            if _is_rejection(e):
+                self.rejected += len(items)
+                _log.warning("RunLogger: run %s at %s refused %s (%s); dropped", self.run_id,
+                             self.tracking_uri, items[0][0], _short(e))
+                return "rejected"
+            self._note_outage(e)
+            return "retry"
+        if self._down_since is not None:
+            _log.warning("RunLogger: %s reachable again after %.0f s; delivering %d pending "
+                         "item(s)", self.tracking_uri, time.monotonic() - self._down_since,
+                         self.pending)
+            self._down_since = None
+        return "done"
+
+    def _note_outage(self, e: Exception) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since, self._next_warning = now, now
+        if now >= self._next_warning:
+            _log.warning("RunLogger: MLflow at %s %s for %.0f s (%s); %d item(s) pending for run "
+                         "%s, retrying every %g s; training goes on", self.tracking_uri,
+                         "unreachable" if is_unreachable(e) else "failing", now - self._down_since,
+                         _short(e, 200), self.pending, self.run_id, self.retry_interval)
+            self._next_warning = now + 60
+
+    def _deliver(self, items: list) -> None:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        kind, payload = items[0]
+        c, run_id = self._client, self.run_id
+        if kind == "metrics":
+            c.log_batch(run_id, metrics=[m for _, batch in items for m in batch])
+        elif kind == "params":
+            self._deliver_params(payload)
+        elif kind == "tags":
+            for i in range(0, len(payload), _MAX_PARAMS_TAGS_PER_BATCH):
+                c.log_batch(run_id, tags=payload[i:i + _MAX_PARAMS_TAGS_PER_BATCH])
+        elif kind == "artifact":
+            local, artifact_path = payload
+            c.log_artifact(run_id, str(local), artifact_path)
+            shutil.rmtree(local.parent, ignore_errors=True)
+        elif kind == "terminate":
+            c.set_terminated(run_id, payload)
+
+    def _deliver_params(self, params: dict) -> None:
+        if self._params is None:
+            self._params = dict(self._client.get_run(self.run_id).data.params)
+        new = {}
+        for k, v in params.items():
+            old = self._params.get(k)
+            if old is None:
+                new[k] = v
+            elif old != v:
+                _log.warning("RunLogger: param %r is already %r on run %s, not %r; params are "
+                             "write-once, kept the old value", k, old, self.run_id, v)
+        keys = list(new)
+        for i in range(0, len(keys), _MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = [Param(k, new[k]) for k in keys[i:i + _MAX_PARAMS_TAGS_PER_BATCH]]
+            self._client.log_batch(self.run_id, params=chunk)
+            self._params.update((p.key, p.value) for p in chunk)
+
+
+def _as_float(v) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):  # numpy / torch scalars
+        item = v.item()
+        return float(item) if isinstance(item, numbers.Real) and not isinstance(item, bool) else None
+    return None
+
+
+def _is_rejection(e: Exception) -> bool:
+    import requests
+
+    if is_unreachable(e):
+        return False
+    if isinstance(e, MlflowException):
+        return e.error_code in _REJECTED
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        return 400 <= e.response.status_code < 500 and e.response.status_code not in (408, 429)
+    return False
+
+
+# -------------------------------------------------------------------------------- registry
+
+def register_encoder(tracking_uri: str, run_id: str, checkpoint, *, name: str, alias: str):
+    """Log encoder ``checkpoint`` (weights only) as pyfunc model "encoder" of run ``run_id``,
+    register it as ``name`` and point ``alias`` at the new version; returns the READY
+    ModelVersion. Predict: float32 images N x 3 x R x R in [0, 1] -> {"logits"}."""
+    import torch
+
+    from arinv.train.loop import load_encoder
+    from arinv.train.state import export_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        enc_file = export_weights(checkpoint, Path(tmp) / "encoder.pt", ("model",))
+        model, cfg = load_encoder(enc_file)
+        r = cfg.model.resolution or model.input_size
+        example = _input_example(r)
+        with torch.no_grad():
+            outputs = {"logits": model(torch.from_numpy(example[:1]))}
+        tags = {KIND_TAG: "encoder", "arinv.arch": model.arch["name"], "arinv.resolution": r}
+        return _log_and_register(tracking_uri, run_id, "encoder", {"encoder": enc_file},
+                                 _signature(example, outputs), example,
+                                 name=name, alias=alias, tags=tags)
+
+
+def register_autoencoder(tracking_uri: str, run_id: str, *, encoder_checkpoint,
+                         generator_checkpoint, name: str, alias: str):
+    """Like :func:`register_encoder` for an encoder + the generator inverting its layer.
+    Predict: images -> {"reconstruction": N x 3 x R x R in [0, 1], "features": the layer}."""
+    import torch
+
+    from arinv.train.generator_loop import load_generator
+    from arinv.train.loop import load_encoder
+    from arinv.train.state import export_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"encoder": export_weights(encoder_checkpoint, Path(tmp) / "encoder.pt",
+                                           ("model",)),
+                 "generator": export_weights(generator_checkpoint, Path(tmp) / "generator.pt",
+                                             ("generator",))}
+        encoder, _ = load_encoder(files["encoder"])
+        generator, gcfg = load_generator(files["generator"])
+        if gcfg.encoder.name != encoder.arch["name"]:
+            raise ValueError(f"{generator_checkpoint}: inverts a {gcfg.encoder.name} encoder, but "
+                             f"{encoder_checkpoint} holds a {encoder.arch['name']}")
+        layer, r = gcfg.encoder.layer, gcfg.resolution or encoder.input_size
+        example = _input_example(r)
+        with torch.no_grad():
+            features = encoder.features(torch.from_numpy(example[:1]), layer)
+            outputs = {"reconstruction": generator(features), "features": features}
+        tags = {KIND_TAG: "autoencoder", "arinv.arch": encoder.arch["name"],
+                "arinv.generator": generator.arch["name"], "arinv.layer": layer,
+                "arinv.resolution": r}
+        return _log_and_register(tracking_uri, run_id, "autoencoder", files,
+                                 _signature(example, outputs), example,
+                                 name=name, alias=alias, tags=tags)
+
+
+def _log_and_register(tracking_uri, run_id, artifact_name, files: dict, signature, example, *,
+                      name, alias, tags, ready_timeout: float = 300.0):
+    from mlflow.models import Model
+
+    import arinv
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    tags = {k: str(v) for k, v in tags.items()}
+    with (_explain_unreachable(tracking_uri, f"registering {name!r}"),
+          _global_tracking_uri(tracking_uri)):
+        exp_id = client.get_run(run_id).info.experiment_id
+        # Model.log without an active run would put the LoggedModel in the default experiment.
+        logged = client.create_logged_model(exp_id, name=artifact_name, source_run_id=run_id,
+                                            tags=tags)
+        info = Model.log(None, name=artifact_name, flavor=mlflow.pyfunc, run_id=run_id,
+                         model_id=logged.model_id, flavor_name="pyfunc.ModelFromCode",
+                         python_model=str(PYFUNC_CODE),
+                         artifacts={k: str(v) for k, v in files.items()},
+                         code_paths=[str(Path(arinv.__file__).parent)],
+                         signature=signature, input_example=example,
+                         pip_requirements=_requirements())
+        _ensure_registered_model(client, name)
+        mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags,
+                                         model_id=info.model_id, await_creation_for=0)
+        _wait_ready(client, name, mv.version, ready_timeout)
+        client.set_registered_model_alias(name, alias, mv.version)
+        return client.get_model_version(name, mv.version)
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _wait_ready(client: MlflowClient, name: str, version: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        mv = client.get_model_version(name, version)
+        if mv.status == "READY":
+            return
+        if mv.status == "FAILED_REGISTRATION":
+            raise RuntimeError(f"model {name!r} version {version} failed to register: "
+                               f"{mv.status_message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model {name!r} version {version} still {mv.status} after "
+                               f"{timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _input_example(resolution: int) -> np.ndarray:
+    # Two images of quarter-step values: real-shaped but a short JSON file.
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 5, (2, 3, resolution, resolution)) / 4).astype(np.float32)
+
+
+def _signature(example: np.ndarray, outputs: dict):
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def spec(shape, name):
+        return TensorSpec(np.dtype(np.float32), (-1, *shape[1:]), name)
+
+    # An unnamed input: predict receives the array itself, not {"images": array}.
+    return ModelSignature(inputs=Schema([spec(example.shape, None)]),
+                          outputs=Schema([spec(t.shape, n) for n, t in outputs.items()]))
+
+
+def _requirements() -> list[str]:
+    out = []
+    for pkg in ("torch", "torchvision", "numpy", "pyyaml", "pillow", "tqdm"):
+        try:
+            out.append(f"{pkg}=={importlib.metadata.version(pkg).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# -------------------------------------------------------------------------------- consumers
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$")
+
+
+def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,
+                     part: str = "encoder", cache_dir=None) -> Path:
+    """Local path of the arinv checkpoint inside a registered / logged arinv model
+    (``models:/name@alias``, ``models:/name/3``, ``models:/name/latest``, ``runs:/...``).
+
+    ``part`` is "encoder" (the default; for an autoencoder that is the encoder its generator
+    inverts) or "generator" (autoencoders only). Artifacts are cached per model version under
+    ``cache_dir`` (default ``$ARINV_MODEL_CACHE`` or ``~/.cache/arinv/models``).
+    """
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    if part not in ("encoder", "generator"):
+        raise ValueError(f"part={part!r}: use 'encoder' or 'generator'")
+    root = Path(cache_dir or os.environ.get("ARINV_MODEL_CACHE")
+                or Path.home() / ".cache" / "arinv" / "models")
+    root = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]
+    with (_explain_unreachable(tracking_uri, f"fetching {model_uri}"),
+          _global_tracking_uri(tracking_uri)):
+        source, key = _resolve(model_uri, tracking_uri)
+        local = root / key
+        if not (local / "MLmodel").is_file():
+            _download(source, local, tracking_uri)
+    return _artifact_in(local, part, model_uri)
+
+
+def _resolve(model_uri: str, tracking_uri: str) -> tuple[str, str]:
+    """(URI to download, cache key). Registry URIs are pinned to a version first, so a moved
+    alias never serves a stale cached copy."""
+    if isinstance(model_uri, str) and model_uri.startswith("runs:/"):
+        return model_uri, "uri-" + hashlib.sha1(model_uri.encode()).hexdigest()[:16]
+    m = _MODELS_URI.match(model_uri) if isinstance(model_uri, str) else None
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    if m and not (m["alias"] or m["version"]) and m["name"].startswith("m-"):  # a LoggedModel id
+        try:
+            location = client.get_logged_model(m["name"]).artifact_location
+        except MlflowException as e:
+            if e.error_code not in _REJECTED:
+                raise
+            raise ValueError(f"{model_uri}: no logged model {m['name']!r} at {tracking_uri}") from e
+        return location, f"{_safe(m['name'])}"
+    if m is None or not (m["alias"] or m["version"]):
+        raise ValueError(f"{model_uri!r}: not a model URI; use models:/<name>@<alias>, "
+                         "models:/<name>/<version> or runs:/<run_id>/<artifact>")
+    mv = _model_version(client, m["name"], m["alias"], m["version"], model_uri, tracking_uri)
+    if mv.tags.get(KIND_TAG) not in ("encoder", "autoencoder"):
+        raise ValueError(f"{model_uri}: version {mv.version} of {mv.name!r} is not an arinv "
+                         f"model (no {KIND_TAG} tag); register it with "
+                         "pipelines.tracking.register_encoder / register_autoencoder")
+    digest = hashlib.sha1(f"{mv.source}|{mv.creation_timestamp}".encode()).hexdigest()[:8]
+    # The underlying location, not models:/...: MLflow resolves those with the global
+    # registry URI whatever tracking_uri / registry_uri download_artifacts is given.
+    location = client.get_model_version_download_uri(mv.name, mv.version)
+    return location, f"{_safe(mv.name)}/v{mv.version}-{digest}"
+
+
+def _model_version(client, name, alias, version, model_uri, tracking_uri):
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version == "latest":
+            found = client.search_model_versions(f"name = '{name}'", max_results=1,
+                                                 order_by=["version_number DESC"])
+            if found:
+                return found[0]
+            raise ValueError(f"{model_uri}: model {name!r} has no versions at {tracking_uri}")
+        return client.get_model_version(name, version)
+    except MlflowException as e:
+        if e.error_code not in _REJECTED:
+            raise
+        raise ValueError(_not_found(client, name, alias, version, model_uri, tracking_uri)) from e
+
+
+def _not_found(client, name, alias, version, model_uri, tracking_uri) -> str:
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models(max_results=20)]
+        return (f"{model_uri}: no registered model {name!r} at {tracking_uri} (registered: "
+                f"{known}); register one with pipelines.tracking.register_encoder, or fix the name")
+    if alias:
+        return (f"{model_uri}: model {name!r} has no alias {alias!r} (aliases: "
+                f"{dict(model.aliases)}); set it with MlflowClient.set_registered_model_alias "
+                "or use another alias")
+    return f"{model_uri}: model {name!r} has no version {version!r} at {tracking_uri}"
+
+
+def _download(source: str, local: Path, tracking_uri: str) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=".download-"))
+    try:
+        got = mlflow.artifacts.download_artifacts(source, dst_path=str(tmp),
+                                                  tracking_uri=tracking_uri)
+        if local.exists():  # another process finished first
+            shutil.rmtree(local, ignore_errors=True)
+        os.replace(got, local)  # got: tmp itself, or tmp/<last part of source>
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _artifact_in(local: Path, part: str, model_uri: str) -> Path:
+    from mlflow.models import Model
+
+    try:
+        flavor = Model.load(str(local)).flavors.get("python_function", {})
+    except (MlflowException, OSError, ValueError) as e:
+        raise ValueError(f"{model_uri}: not an MLflow model ({_short(e)})") from None
+    artifacts = flavor.get("artifacts") or {}
+    if part not in artifacts:
+        kind = "an arinv encoder" if "encoder" in artifacts else "not an arinv model"
+        raise ValueError(f"{model_uri}: has no {part} checkpoint ({kind}; artifacts: "
+                         f"{sorted(artifacts)})")
+    return local / artifacts[part]["path"]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)

@@ -1,0 +1,365 @@
+"""Ray Train plumbing shared by ``train_encoder`` and ``train_generator``.
+
+Driver side: ``Launch`` (where a run lives: Ray storage, MLflow, the local result folder),
+``launch()`` (validates, finds or creates the run's MLflow run, builds the datasets and the
+``TorchTrainer``, fits, copies the final checkpoint home). Worker side: ``Worker`` (rank,
+device, DDP wrapping, restoring from ``ray.train.get_checkpoint()``, reporting an epoch with
+its checkpoint from rank 0, reducing per-worker metrics).
+
+A run is identified by (storage path, run name): relaunching the same pair resumes from the
+latest checkpoint and logs into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from arinv.config import ConfigError, flatten, to_dict
+from arinv.data import storage
+from arinv.train.runtime import resolve_device, seed_everything
+from arinv.train.state import resume, save_checkpoint
+
+STATE = "state.pt"  # the arinv checkpoint inside each Ray Train checkpoint directory
+
+
+@dataclass
+class Launch:
+    """Where a run lives; not part of the science config (not logged as params)."""
+
+    workdir: Path                      # local: final checkpoint, report, default storage + MLflow
+    run_name: str | None = None        # default: the config's name
+    storage_path: str | None = None    # Ray Train storage (local folder or s3://); default workdir/ray
+    tracking_uri: str | None = None    # default: $MLFLOW_TRACKING_URI or sqlite in workdir
+    experiment: str = "arinv"
+    register: bool = True
+    alias: str | None = None           # registry alias; default "robust" / "standard"
+    address: str | None = None         # Ray address; default $RAY_ADDRESS or a local cluster
+    model_cache: str | None = None     # registry downloads; default $ARINV_MODEL_CACHE or ~/.cache
+    progress: bool = True
+    extra_tags: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir).expanduser().resolve()
+        if self.storage_path is None:
+            self.storage_path = str(self.workdir / "ray")
+        elif not storage.is_s3(self.storage_path):
+            self.storage_path = str(Path(self.storage_path).expanduser().resolve())
+
+    def tracking(self) -> str:
+        from pipelines.tracking import default_tracking_uri
+
+        return self.tracking_uri or default_tracking_uri(self.workdir)
+
+    def run_key(self, name: str) -> str:
+        return f"{self.storage_path.rstrip('/')}/{name}"
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def init_ray(address: str | None, scaling) -> None:
+    """Connect to ``address`` / $RAY_ADDRESS, or start a local cluster whose logical CPUs leave
+    the machine's cores to the data stream after the training workers took theirs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    need = scaling.num_workers * scaling.cpus_per_worker
+    ray.init(num_cpus=int((os.cpu_count() or 1) + need + 0.999), include_dashboard=False,
+             log_to_driver=True)
+
+
+def shard_sets(cfg, launch: Launch) -> str:
+    """The shard-set prefix (with ``train/`` and ``val/``); for ``data.shards: null`` and the
+    sample source, the bundled set written once under the run's storage."""
+    if cfg.data.shards:
+        return cfg.data.shards
+    if cfg.data.source != "sample":
+        raise ConfigError(f"data.shards: Ray pipelines stream shard sets; write {cfg.data.source} "
+                          "with 'arinv data write SRC/train DEST/train' and '... SRC/val "
+                          "DEST/val', then set data.shards=DEST")
+    d = cfg.data
+    name = f"sample-{d.train_per_class}-{d.val_per_class}"
+    local = write_sample_shards(launch.workdir / "shards" / name, d.train_per_class,
+                                d.val_per_class, progress=launch.progress)
+    if not storage.is_s3(launch.storage_path):
+        return str(local)
+    remote = f"{launch.storage_path.rstrip('/')}/datasets/{name}"
+    for split in ("train", "val"):  # multi-node workers cannot see the driver's disk
+        if not storage.exists(f"{remote}/{split}/manifest.json"):
+            storage.upload_dir(local / split, f"{remote}/{split}")
+    return remote
+
+
+def write_sample_shards(dest: Path, train_per_class: int, val_per_class: int, *,
+                        progress: bool = True) -> Path:
+    """The bundled sample set as ``dest/train`` and ``dest/val`` shard sets (kept if present)."""
+    from arinv.data.shards import MANIFEST, write_shards
+
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        if not (dest / split / MANIFEST).is_file():
+            write_shards(f"sample:{split}:{per_class}", dest / split, samples_per_shard=256,
+                         max_resolution=500, jpeg_quality=95, compress_probability=1.0,
+                         overwrite=True, progress=progress, executor="process")
+    return dest
+
+
+def datasets(cfg, launch: Launch, resolution: int, *, augment: bool) -> dict:
+    from ray.data import DataContext
+
+    from pipelines.ray_data import load_manifest, read_shards
+
+    DataContext.get_current().enable_progress_bars = launch.progress
+
+    root = shard_sets(cfg, launch).rstrip("/")
+    for split in ("train", "val"):
+        load_manifest(f"{root}/{split}")  # a missing or incomplete set fails here, not in a worker
+    # Ray splits the stream between workers by blocks (one per read task): small sets get
+    # small tasks, so that every worker gets some (ImageNet-sized ones keep 256-row tasks).
+    n = load_manifest(f"{root}/train")["num_samples"]
+    rows = max(1, min(256, n // (4 * cfg.scaling.num_workers)))
+    train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
+                        resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),
+                        rows_per_task=rows)
+    val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution)
+    return {"train": train, "val": val}
+
+
+def data_config():
+    """Ray Train's DataConfig, except that the training set is split with ``equal=False``: the
+    default (``equal=True``) drops rows so that workers get equal counts; we keep every sample
+    once per epoch and let DDP's ``join`` absorb the uneven ends."""
+    import ray.train
+
+    class ExactlyOnce(ray.train.DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                if name == "train":
+                    for i, split in enumerate(ds.streaming_split(world_size, equal=False,
+                                                                 locality_hints=hints)):
+                        out[i][name] = split
+                else:
+                    for i in range(world_size):
+                        out[i][name] = ds.iterator()
+            return out
+
+    return ExactlyOnce(datasets_to_split=["train"])
+
+
+def storage_filesystem(path: str):
+    return storage.pyarrow_s3_filesystem() if storage.is_s3(path) else None
+
+
+def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
+    """(location, bytes) of the newest ``state.pt`` under the run's Ray storage, if any (Ray
+    names checkpoint folders by time, so the last in sorted order is the newest)."""
+    run = f"{storage_path.rstrip('/')}/{name}"
+    if storage.is_s3(run):
+        names = sorted({k[len(run) + 1:].split("/")[0] for k in storage.list_prefix(run + "/")
+                        if k.endswith("/" + STATE)})
+        dirs = [n for n in names if n.startswith("checkpoint_")]
+        if not dirs:
+            return None
+        uri = f"{run}/{dirs[-1]}/{STATE}"
+        return uri, storage.read_bytes(uri)
+    found = sorted(Path(run).glob(f"checkpoint_*/{STATE}"))
+    return (str(found[-1]), found[-1].read_bytes()) if found else None
+
+
+def check_resume(storage_path: str, name: str, *, kind: str, arch: dict, config: dict) -> None:
+    """Refuse, before any worker starts, a run whose storage holds a checkpoint of another
+    kind, architecture or incompatible config (a worker would fail on it max_failures times)."""
+    import io
+
+    from arinv.train.state import CheckpointError, check_arch, check_resumable
+
+    found = latest_state(storage_path, name)
+    if found is None:
+        return
+    where, data = found
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{where}: cannot be read as a checkpoint ({e}); remove the run "
+                              f"folder {storage_path}/{name} or use another --run-name") from None
+    if payload.get("kind") != kind:
+        raise CheckpointError(f"{where}: holds a {payload.get('kind')} checkpoint, this run is "
+                              f"a {kind} run; use another --run-name")
+    check_arch(where, payload["arch"], arch)
+    check_resumable(where, flatten(payload["config"]), config)
+
+
+def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int, augment: bool,
+           extra: dict | None = None) -> dict:
+    """Fit ``loop`` (a worker function taking the train-loop config dict) under Ray Train and
+    return ``{"run_id", "checkpoint_dir", "metrics", "result"}``; the final checkpoint directory
+    is copied to ``launch.workdir / "final"``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines import tracking
+
+    sc = cfg.scaling
+    micro, _ = sc.accumulation(cfg.optim.batch_size)  # raises ConfigError before any work
+    name = launch.run_name or cfg.name
+    if storage.is_s3(launch.storage_path):
+        storage.check_access(launch.storage_path, write=True)
+    check_resume(launch.storage_path, name, kind=kind, arch=arch, config=flatten(cfg))
+    init_ray(launch.address, sc)
+    uri = launch.tracking()
+    run_id = tracking.find_or_create_run(
+        uri, launch.experiment, launch.run_key(name), run_name=name,
+        tags={"arinv.kind": kind, "arinv.preset": cfg.name, **launch.extra_tags})
+    driver_log = tracking.RunLogger(uri, run_id)
+    driver_log.log_params(flatten(cfg))
+    driver_log.set_tags({"arinv.storage": launch.run_key(name), "arinv.micro_batch": micro})
+    driver_log.close(timeout=60)
+    ds = datasets(cfg, launch, resolution, augment=augment)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"cfg": to_dict(cfg), "tracking_uri": uri, "run_id": run_id,
+                           "progress": launch.progress, "model_cache": launch.model_cache,
+                           **(extra or {})},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker,
+                                  **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=launch.storage_path,
+            storage_filesystem=storage_filesystem(launch.storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints)),
+        datasets=ds, dataset_config=data_config())
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name}: training ended without a checkpoint")
+    final = launch.workdir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    result.checkpoint.to_directory(str(final))
+    return {"run_id": run_id, "tracking_uri": uri, "checkpoint_dir": final,
+            "metrics": dict(result.metrics or {}), "result": result}
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+class Worker:
+    """One Ray Train worker's view of the run: rank, device, DDP, checkpoints, reduction."""
+
+    def __init__(self, cfg, seed: int, progress: bool = True):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        if cfg.scaling.use_gpu:
+            import ray.train.torch
+
+            self.device = ray.train.torch.get_device()
+        else:
+            self.device = resolve_device("cpu")
+        threads = max(1, int(cfg.scaling.cpus_per_worker))
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 only if cpus_per_worker is 1
+        self.seed = seed
+        self.chief = self.rank == 0
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = progress and self.chief
+        # mlflow 3.17's sqlite store trips a sqlalchemy deprecation warning in every process
+        warnings.filterwarnings("ignore", message=".*noload.*")
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Seeds depend on (epoch, rank) only, so a resumed run draws what the original would."""
+        seed_everything(self.seed + 1009 * epoch + self.rank)
+
+    def ddp(self, module):
+        if self.world == 1:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def join(self, *modules):
+        """DDP's join: ranks that run out of batches first shadow the others' collectives."""
+        from torch.distributed.algorithms.join import Join
+
+        ddp = [m for m in modules if isinstance(m, torch.nn.parallel.DistributedDataParallel)]
+        return Join(ddp) if ddp else contextlib.nullcontext()
+
+    def restore(self, *, kind: str, arch: dict, modules: dict, config: dict) -> tuple[int, list, dict]:
+        """(next epoch, history, extras) from the latest reported checkpoint, or (0, [], {})."""
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return 0, [], {}
+        with ckpt.as_directory() as d:
+            start, history = resume(Path(d) / STATE, kind=kind, arch=arch, modules=modules,
+                                    config=config, map_location=self.device)
+            extras = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.name != STATE}
+        return start, history, extras
+
+    def report(self, metrics: dict, *, kind: str, arch: dict, modules: dict, cfg, epoch: int,
+               history: list, files: dict[str, bytes] | None = None) -> None:
+        """Every rank calls this once per epoch; rank 0 attaches the checkpoint."""
+        import ray.train
+
+        if not self.chief:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="arinv-ckpt-") as d:
+            save_checkpoint(Path(d) / STATE, kind=kind, arch=arch, modules=modules,
+                            config=to_dict(cfg), progress={"epoch": epoch, "history": history})
+            for name, data in (files or {}).items():
+                (Path(d) / name).write_bytes(data)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def reduce(self, m: dict, keys: tuple[str, ...]) -> dict:
+        """Per-worker epoch summaries -> global: image-weighted means of ``keys`` (named by the
+        caller: a worker that got no batch has none), summed ``n``, images/s over the slowest
+        worker, mean data-wait share."""
+        n = float(m["n"])
+        vec = torch.tensor([m.get(k, 0.0) * n for k in keys]
+                           + [n, m["data_wait_s"] / max(m["seconds"], 1e-9)], dtype=torch.float64)
+        seconds = torch.tensor([m["seconds"]], dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(vec)
+            dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        total = float(vec[len(keys)])
+        out = {k: float(vec[i]) / max(total, 1.0) for i, k in enumerate(keys)}
+        out.update(images=total, images_per_s=total / max(float(seconds), 1e-9),
+                   data_wait_share=float(vec[-1]) / self.world)
+        return out
+
+    def batches(self, name: str, batch_size: int, *, drop_last: bool = False):
+        """A (uint8 images, labels) iterable over this worker's split of dataset ``name``."""
+        import ray.train
+
+        it = ray.train.get_dataset_shard(name)
+        for b in it.iter_torch_batches(batch_size=batch_size, drop_last=drop_last,
+                                       prefetch_batches=2):
+            yield b["image"], b["label"]
+
+    def logger(self, config: dict):
+        """The MLflow logger on rank 0 (None elsewhere: only rank 0 logs)."""
+        if not self.chief:
+            return None
+        from pipelines.tracking import RunLogger
+
+        return RunLogger(config["tracking_uri"], config["run_id"])

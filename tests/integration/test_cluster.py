@@ -1,0 +1,97 @@
+"""A 2-node Ray cluster (``ray.cluster_utils.Cluster``) with what a real cluster has: shards and
+Ray Train storage on S3 (the loopback S3-protocol server), and a real ``mlflow server`` process
+whose artifacts live on that S3 server. Then the quickstart, the main job, at toy size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+
+def test_two_node_cluster_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow_server,
+                                                       tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    from arinv.config import EncoderTrainConfig, load_config
+    from arinv.data import storage
+    from pipelines.train_encoder import train_encoder
+    from pipelines.trainer import Launch, write_sample_shards
+
+    local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
+    shards = s3_prefix + "shards"
+    for split in ("train", "val"):
+        storage.upload_dir(local / split, f"{shards}/{split}")
+    monkeypatch.setenv("ARINV_CACHE_DIR", str(tmp_path / "shard-cache"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)  # the nodes inherit this test's S3 settings
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        cfg = load_config(EncoderTrainConfig, "tiny-sample-robust", [
+            f"data.shards={shards}", "data.train_per_class=8", "data.val_per_class=4",
+            "optim.batch_size=8", "optim.epochs=2", "attack.steps=2", "eval.every=1",
+            "eval.pgd_steps=2", "eval.max_images=16", "eval.epoch_images=8",
+            "eval.pgd_eps=[0.5]", "scaling.num_workers=2", "scaling.cpus_per_worker=1"])
+        run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "ray",
+                     tracking_uri=mlflow_server.uri, experiment="cluster", alias="cluster",
+                     progress=False, model_cache=str(tmp_path / "models"))
+        r = train_encoder(cfg, run)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    # checkpoints went to S3, not to a node's disk
+    keys = storage.list_prefix(s3_prefix + "ray/")
+    assert any(k.endswith("/state.pt") for k in keys), keys[:5]
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    run_data = client.get_run(r["run_id"]).data
+    assert run_data.params["data.shards"] == shards
+    assert {m.step for m in client.get_metric_history(r["run_id"], "adv_loss")} == {1, 2}
+    assert {m.value for m in client.get_metric_history(r["run_id"], "images")} == {64.0}
+    # artifacts went through the server to S3
+    art = storage.list_prefix(f"s3://{mlflow_server.bucket}/{mlflow_server.artifacts_prefix}/")
+    assert any(k.endswith("report.json") for k in art)
+    mv = client.get_model_version_by_alias("arinv-alexnet_small", "cluster")
+    assert mv.status == "READY" and r["version"] == int(mv.version)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    model = mlflow.pyfunc.load_model("models:/arinv-alexnet_small@cluster")
+    logits = model.predict(np.zeros((2, 3, 128, 128), np.float32))["logits"]
+    assert np.asarray(logits).shape == (2, 8)
+
+
+def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
+    from arinv.cli import main
+
+    toy = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
+           "optim.epochs=1", "attack.steps=2", "eval.pgd_steps=2", "eval.max_images=16",
+           "eval.epoch_images=8", "eval_images=8", "ri_steps=2"]
+    args = ["quickstart", "--workdir", str(tmp_path), "--no-progress"]
+    for o in toy:
+        args += ["--set", o]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    assert "| standard (models:/arinv-alexnet_small@standard) |" in report
+    assert "| robust (models:/arinv-alexnet_small-conv5-autoencoder@robust) |" in report
+    assert (tmp_path / "robustness.png").stat().st_size > 1000
+    assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+    assert str(tmp_path / "report.md") in out and "mlflow ui --backend-store-uri" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    for kind in ("standard", "robust"):
+        q = results["generators"][kind]["quality"]
+        assert np.isfinite(q["psnr"]) and 0 < q["ssim"] <= 1
+    # everything under the workdir: MLflow store, artifacts, Ray storage, shards, model cache
+    assert {p.name for p in tmp_path.iterdir()} >= {"mlflow.db", "mlartifacts", "ray", "shards",
+                                                    "report.md", "encoders", "generators"}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    names = {m.name for m in client.search_registered_models()}
+    assert names == {"arinv-alexnet_small", "arinv-alexnet_small-conv5-autoencoder"}
+    report_run = client.search_runs(
+        [client.get_experiment_by_name("arinv-quickstart").experiment_id],
+        "tags.`arinv.kind` = 'report'")[0]
+    assert {a.path for a in client.list_artifacts(report_run.info.run_id)} >= {
+        "report.md", "reconstructions.png", "robustness.png"}

@@ -1,0 +1,206 @@
+"""The training pipelines on a real local Ray cluster with a real MLflow store: 2-worker runs of
+each pipeline at toy size, a killed worker, a killed driver, relaunches that resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+from arinv.config import ConfigError, EncoderTrainConfig, GeneratorTrainConfig, load_config  # noqa: E402
+from pipelines.trainer import Launch, write_sample_shards  # noqa: E402
+
+# 8 classes x 8 train crops = 64 images (odd splits across workers are fine), 8 x 4 held out.
+TOY = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
+       "eval.pgd_steps=2", "eval.max_images=16", "eval.epoch_images=8",
+       "eval.pgd_eps=[0.5]", "eval.every=1", "scaling.cpus_per_worker=1"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return str(write_sample_shards(tmp_path_factory.mktemp("data") / "sample", 8, 4,
+                                   progress=False))
+
+
+def encoder_cfg(shards, *extra, preset="tiny-sample-robust"):
+    return load_config(EncoderTrainConfig, preset,
+                       [*TOY, f"data.shards={shards}", "attack.steps=2", *extra]
+                       if preset.endswith("robust") else [*TOY, f"data.shards={shards}", *extra])
+
+
+def run_ids(tracking_uri, experiment="arinv"):
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [r.info.run_id for r in client.search_runs([exp.experiment_id])]
+
+
+def metric_steps(tracking_uri, run_id, key):
+    return sorted({m.step for m in mlflow.MlflowClient(tracking_uri).get_metric_history(run_id, key)})
+
+
+def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, shards, tmp_path,
+                                                                   monkeypatch):
+    from pipelines.train_encoder import train_encoder
+    from pipelines.train_generator import train_generator
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = encoder_cfg(shards, "optim.epochs=2", "scaling.num_workers=2")
+    run = Launch(workdir=tmp_path / "enc", tracking_uri=uri, progress=False)
+    r = train_encoder(cfg, run)
+    assert json.loads((tmp_path / "enc" / "metrics.json").read_text())["run_id"] == r["run_id"]
+    assert r["registered"] == "models:/arinv-alexnet_small@robust"
+    assert 0 <= r["robustness"]["clean"] <= 1 and set(r["robustness"]["pgd"]) == {"0.5"}
+    client = mlflow.MlflowClient(uri)
+    params = client.get_run(r["run_id"]).data.params
+    assert params["attack.eps"] == "0.5" and params["scaling.num_workers"] == "2"
+    assert metric_steps(uri, r["run_id"], "adv_loss") == [1, 2]
+    assert metric_steps(uri, r["run_id"], "val_pgd_acc_eps0.5") == [1, 2]
+    hist = client.get_metric_history(r["run_id"], "images")
+    assert {m.value for m in hist} == {64.0}  # every training image once per epoch, 2 workers
+    assert int(client.get_model_version_by_alias("arinv-alexnet_small", "robust").version) == r["version"]
+
+    # relaunching the finished run resumes its last checkpoint: no new run, no new epochs
+    again = train_encoder(cfg, run)
+    assert again["run_id"] == r["run_id"] and run_ids(uri) == [r["run_id"]]
+    assert again["robustness"] == r["robustness"]
+    assert metric_steps(uri, r["run_id"], "adv_loss") == [1, 2]
+
+    # the generator takes its encoder from the registry; GAN loss on, so D is DDP-wrapped too
+    gcfg = load_config(GeneratorTrainConfig, "tiny-sample-generator", [
+        "data.train_per_class=8", "data.val_per_class=4", f"data.shards={shards}",
+        "optim.batch_size=8", "optim.epochs=2", "eval_images=8", "ri_steps=2",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=1", "loss.gan=1.0",
+        "generator.discriminator=alexnet_small_conv5",
+        "encoder.checkpoint=models:/arinv-alexnet_small@robust"])
+    g = train_generator(gcfg, Launch(workdir=tmp_path / "gen", tracking_uri=uri, progress=False,
+                                     model_cache=str(tmp_path / "cache")))
+    assert g["registered"] == "models:/arinv-alexnet_small-conv5-autoencoder@robust"
+    q = g["quality"]
+    assert q["n"] == 8 and q["psnr"] > 0 and 0 < q["ssim"] <= 1 and "ri_baseline" in q
+    assert metric_steps(uri, g["run_id"], "loss_d") == [1, 2]
+    arts = {a.path for a in client.list_artifacts(g["run_id"], "grids")}
+    assert arts == {"grids/epoch_0001", "grids/epoch_0002"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(g["registered"])
+    import numpy as np
+
+    out = model.predict(np.random.default_rng(0).random((2, 3, 128, 128), np.float32))
+    assert out["reconstruction"].shape == (2, 3, 128, 128)
+
+
+def test_wrong_architecture_checkpoint_is_refused(ray_cluster, shards, tmp_path):
+    from pipelines.train_encoder import train_encoder
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = dict(workdir=tmp_path / "w", storage_path=str(tmp_path / "ray"), tracking_uri=uri,
+               register=False, progress=False, run_name="same-name")
+    train_encoder(encoder_cfg(shards, "optim.epochs=1", preset="tiny-sample-standard"),
+                  Launch(**run))
+    other = encoder_cfg(shards, "optim.epochs=2", "model.name=resnet18_cifar_small",
+                        "model.resolution=32", preset="tiny-sample-standard")
+    with pytest.raises(Exception, match="different architecture"):
+        train_encoder(other, Launch(**run))
+
+
+def test_config_errors_before_ray_work(shards, tmp_path):
+    from pipelines.train_generator import train_generator
+
+    with pytest.raises(ConfigError, match="not a multiple"):
+        load_config(EncoderTrainConfig, "tiny-sample-robust",
+                    ["optim.batch_size=10", "scaling.num_workers=3"])
+    gcfg = load_config(GeneratorTrainConfig, "tiny-sample-generator", [f"data.shards={shards}"])
+    with pytest.raises(ConfigError, match="encoder.checkpoint"):
+        train_generator(gcfg, Launch(workdir=tmp_path, progress=False))
+
+
+def _train_workers() -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _checkpoints(storage: Path, name: str) -> list[Path]:
+    return sorted((storage / name).glob("checkpoint_*")) if (storage / name).is_dir() else []
+
+
+def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, shards, tmp_path):
+    from pipelines.train_encoder import train_encoder
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = encoder_cfg(shards, "optim.epochs=4", "scaling.num_workers=2", "eval.every=0",
+                      preset="tiny-sample-standard")
+    run = Launch(workdir=tmp_path / "w", tracking_uri=uri, register=False, progress=False)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=train_encoder(cfg, run)), daemon=True)
+    t.start()
+    _wait_for(lambda: _checkpoints(Path(run.storage_path), cfg.name), 240, "a first checkpoint")
+    victim = _wait_for(_train_workers, 30, "a train worker process")[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    t.join(timeout=400)
+    assert "r" in box, "training did not finish after the worker was killed"
+    hist = json.loads((run.workdir / "metrics.json").read_text())
+    import torch
+
+    state = torch.load(Path(box["r"]["checkpoint"]), weights_only=False)
+    epochs = [h["epoch"] for h in state["progress"]["history"]]
+    assert epochs == [1, 2, 3, 4]  # each planned epoch exactly once
+    assert all(h["images"] == 64 for h in state["progress"]["history"])
+    assert run_ids(uri) == [hist["run_id"]]  # the retried worker group kept the one MLflow run
+
+
+def test_relaunch_after_the_driver_dies_resumes(ray_cluster, shards, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "pipelines.train_encoder", "--config", "tiny-sample-standard",
+           *[a for o in [*TOY, f"data.shards={shards}", "optim.epochs=4", "eval.every=0"]
+             for a in ("--set", o)],
+           "--workdir", str(tmp_path / "w"), "--storage-path", str(storage),
+           "--tracking-uri", uri, "--no-register", "--no-progress", "--address", ray_cluster]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: _checkpoints(storage, "tiny-sample-standard"), 240,
+                  "the first driver's first checkpoint")
+    finally:
+        first.kill()
+        first.wait()
+    done = _checkpoints(storage, "tiny-sample-standard")
+    _wait_for(lambda: not _train_workers(), 60, "the dead driver's workers to exit")
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    import torch
+
+    state = torch.load(tmp_path / "w" / "final" / "state.pt", weights_only=False)
+    epochs = [h["epoch"] for h in state["progress"]["history"]]
+    assert epochs == [1, 2, 3, 4] and len(done) >= 1
+    assert len(run_ids(uri)) == 1
