@@ -166,6 +166,11 @@ def storage_filesystem(path: str):
     return storage.pyarrow_s3_filesystem() if storage.is_s3(path) else None
 
 
+def ray_storage_path(path: str) -> str:
+    """With an explicit pyarrow filesystem Ray Train wants ``bucket/key``, not ``s3://...``."""
+    return path[len("s3://"):] if storage.is_s3(path) else path
+
+
 def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
     """(location, bytes) of the newest ``state.pt`` under the run's Ray storage, if any (Ray
     names checkpoint folders by time, so the last in sorted order is the newest)."""
@@ -241,7 +246,7 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
             resources_per_worker={"CPU": sc.cpus_per_worker,
                                   **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=launch.storage_path,
+            name=name, storage_path=ray_storage_path(launch.storage_path),
             storage_filesystem=storage_filesystem(launch.storage_path),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints)),
