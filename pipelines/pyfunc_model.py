@@ -1,6 +1,6 @@
 """The MLflow pyfunc model of a registered arinv encoder or autoencoder (models from code).
 
-``pipelines.tracking`` logs this file as the model's code; MLflow runs it when the model is
+``pipelines.registry`` logs this file as the model's code; MLflow runs it when the model is
 loaded. It may import only ``mlflow``, numpy, torch and the ``arinv`` package bundled with the
 model (``code_paths``): consumers of a registered model do not have ``pipelines``.
 

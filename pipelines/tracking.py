@@ -1,9 +1,8 @@
-"""MLflow glue: one run per training run (found again by a tag on retries), a non-blocking
-logger for the training loop, and the registry (pyfunc encoder / autoencoder models, aliases,
-checkpoint download for consumers).
+"""MLflow runs: one run per training run (found again by a tag on retries) and a non-blocking
+logger for the training loop. The registry lives in ``pipelines.registry``.
 
 Everything talks to MLflow through ``MlflowClient(tracking_uri)``, never the fluent active-run
-state, so it is safe inside Ray workers. The registry functions also set the global tracking URI
+state, so it is safe inside Ray workers. The registry functions (``pipelines.registry``) set the global tracking URI
 for their duration: ``mlflow.models.Model.log``, the download of ``models:/`` / ``runs:/`` URIs
 and a sqlite registry resolving ``models:/m-...`` sources all read it, whatever client they are
 called through.
@@ -11,8 +10,6 @@ called through.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import itertools
 import logging
 import math
@@ -28,8 +25,6 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -37,7 +32,6 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # no publ
 
 RUN_KEY_TAG = "arinv.run_key"
 KIND_TAG = "arinv.kind"
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 _log = logging.getLogger(__name__)
 
@@ -428,261 +422,6 @@ def _is_rejection(e: Exception) -> bool:
     if isinstance(e, requests.HTTPError) and e.response is not None:
         return 400 <= e.response.status_code < 500 and e.response.status_code not in (408, 429)
     return False
-
-
-# -------------------------------------------------------------------------------- registry
-
-def register_encoder(tracking_uri: str, run_id: str, checkpoint, *, name: str, alias: str):
-    """Log encoder ``checkpoint`` (weights only) as pyfunc model "encoder" of run ``run_id``,
-    register it as ``name`` and point ``alias`` at the new version; returns the READY
-    ModelVersion. Predict: float32 images N x 3 x R x R in [0, 1] -> {"logits"}."""
-    import torch
-
-    from arinv.train.loop import load_encoder
-    from arinv.train.state import export_weights
-
-    with tempfile.TemporaryDirectory() as tmp:
-        enc_file = export_weights(checkpoint, Path(tmp) / "encoder.pt", ("model",))
-        model, cfg = load_encoder(enc_file)
-        r = cfg.model.resolution or model.input_size
-        example = _input_example(r)
-        with torch.no_grad():
-            outputs = {"logits": model(torch.from_numpy(example[:1]))}
-        tags = {KIND_TAG: "encoder", "arinv.arch": model.arch["name"], "arinv.resolution": r}
-        return _log_and_register(tracking_uri, run_id, "encoder", {"encoder": enc_file},
-                                 _signature(example, outputs), example,
-                                 name=name, alias=alias, tags=tags)
-
-
-def register_autoencoder(tracking_uri: str, run_id: str, *, encoder_checkpoint,
-                         generator_checkpoint, name: str, alias: str):
-    """Like :func:`register_encoder` for an encoder + the generator inverting its layer.
-    Predict: images -> {"reconstruction": N x 3 x R x R in [0, 1], "features": the layer}."""
-    import torch
-
-    from arinv.train.generator_loop import load_generator
-    from arinv.train.loop import load_encoder
-    from arinv.train.state import export_weights
-
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {"encoder": export_weights(encoder_checkpoint, Path(tmp) / "encoder.pt",
-                                           ("model",)),
-                 "generator": export_weights(generator_checkpoint, Path(tmp) / "generator.pt",
-                                             ("generator",))}
-        encoder, _ = load_encoder(files["encoder"])
-        generator, gcfg = load_generator(files["generator"])
-        if gcfg.encoder.name != encoder.arch["name"]:
-            raise ValueError(f"{generator_checkpoint}: inverts a {gcfg.encoder.name} encoder, but "
-                             f"{encoder_checkpoint} holds a {encoder.arch['name']}")
-        layer, r = gcfg.encoder.layer, gcfg.resolution or encoder.input_size
-        example = _input_example(r)
-        with torch.no_grad():
-            features = encoder.features(torch.from_numpy(example[:1]), layer)
-            outputs = {"reconstruction": generator(features), "features": features}
-        tags = {KIND_TAG: "autoencoder", "arinv.arch": encoder.arch["name"],
-                "arinv.generator": generator.arch["name"], "arinv.layer": layer,
-                "arinv.resolution": r}
-        return _log_and_register(tracking_uri, run_id, "autoencoder", files,
-                                 _signature(example, outputs), example,
-                                 name=name, alias=alias, tags=tags)
-
-
-def _log_and_register(tracking_uri, run_id, artifact_name, files: dict, signature, example, *,
-                      name, alias, tags, ready_timeout: float = 300.0):
-    from mlflow.models import Model
-
-    import arinv
-
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    tags = {k: str(v) for k, v in tags.items()}
-    with (_explain_unreachable(tracking_uri, f"registering {name!r}"),
-          _global_tracking_uri(tracking_uri)):
-        exp_id = client.get_run(run_id).info.experiment_id
-        # Model.log without an active run would put the LoggedModel in the default experiment.
-        logged = client.create_logged_model(exp_id, name=artifact_name, source_run_id=run_id,
-                                            tags=tags)
-        info = Model.log(None, name=artifact_name, flavor=mlflow.pyfunc, run_id=run_id,
-                         model_id=logged.model_id, flavor_name="pyfunc.ModelFromCode",
-                         python_model=str(PYFUNC_CODE),
-                         artifacts={k: str(v) for k, v in files.items()},
-                         code_paths=[str(Path(arinv.__file__).parent)],
-                         signature=signature, input_example=example,
-                         pip_requirements=_requirements())
-        _ensure_registered_model(client, name)
-        mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags,
-                                         model_id=info.model_id, await_creation_for=0)
-        _wait_ready(client, name, mv.version, ready_timeout)
-        client.set_registered_model_alias(name, alias, mv.version)
-        return client.get_model_version(name, mv.version)
-
-
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
-    try:
-        client.create_registered_model(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-
-
-def _wait_ready(client: MlflowClient, name: str, version: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        mv = client.get_model_version(name, version)
-        if mv.status == "READY":
-            return
-        if mv.status == "FAILED_REGISTRATION":
-            raise RuntimeError(f"model {name!r} version {version} failed to register: "
-                               f"{mv.status_message}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"model {name!r} version {version} still {mv.status} after "
-                               f"{timeout:.0f} s")
-        time.sleep(0.5)
-
-
-def _input_example(resolution: int) -> np.ndarray:
-    # Two images of quarter-step values: real-shaped but a short JSON file.
-    rng = np.random.default_rng(0)
-    return (rng.integers(0, 5, (2, 3, resolution, resolution)) / 4).astype(np.float32)
-
-
-def _signature(example: np.ndarray, outputs: dict):
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    def spec(shape, name):
-        return TensorSpec(np.dtype(np.float32), (-1, *shape[1:]), name)
-
-    # An unnamed input: predict receives the array itself, not {"images": array}.
-    return ModelSignature(inputs=Schema([spec(example.shape, None)]),
-                          outputs=Schema([spec(t.shape, n) for n, t in outputs.items()]))
-
-
-def _requirements() -> list[str]:
-    out = []
-    for pkg in ("torch", "torchvision", "numpy", "pyyaml", "pillow", "tqdm"):
-        try:
-            out.append(f"{pkg}=={importlib.metadata.version(pkg).split('+')[0]}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-# -------------------------------------------------------------------------------- consumers
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$")
-
-
-def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,
-                     part: str = "encoder", cache_dir=None) -> Path:
-    """Local path of the arinv checkpoint inside a registered / logged arinv model
-    (``models:/name@alias``, ``models:/name/3``, ``models:/name/latest``, ``runs:/...``).
-
-    ``part`` is "encoder" (the default; for an autoencoder that is the encoder its generator
-    inverts) or "generator" (autoencoders only). Artifacts are cached per model version under
-    ``cache_dir`` (default ``$ARINV_MODEL_CACHE`` or ``~/.cache/arinv/models``).
-    """
-    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-    if part not in ("encoder", "generator"):
-        raise ValueError(f"part={part!r}: use 'encoder' or 'generator'")
-    root = Path(cache_dir or os.environ.get("ARINV_MODEL_CACHE")
-                or Path.home() / ".cache" / "arinv" / "models")
-    root = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]
-    with (_explain_unreachable(tracking_uri, f"fetching {model_uri}"),
-          _global_tracking_uri(tracking_uri)):
-        source, key = _resolve(model_uri, tracking_uri)
-        local = root / key
-        if not (local / "MLmodel").is_file():
-            _download(source, local, tracking_uri)
-    return _artifact_in(local, part, model_uri)
-
-
-def _resolve(model_uri: str, tracking_uri: str) -> tuple[str, str]:
-    """(URI to download, cache key). Registry URIs are pinned to a version first, so a moved
-    alias never serves a stale cached copy."""
-    if isinstance(model_uri, str) and model_uri.startswith("runs:/"):
-        return model_uri, "uri-" + hashlib.sha1(model_uri.encode()).hexdigest()[:16]
-    m = _MODELS_URI.match(model_uri) if isinstance(model_uri, str) else None
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    if m and not (m["alias"] or m["version"]) and m["name"].startswith("m-"):  # a LoggedModel id
-        try:
-            location = client.get_logged_model(m["name"]).artifact_location
-        except MlflowException as e:
-            if e.error_code not in _REJECTED:
-                raise
-            raise ValueError(f"{model_uri}: no logged model {m['name']!r} at {tracking_uri}") from e
-        return location, f"{_safe(m['name'])}"
-    if m is None or not (m["alias"] or m["version"]):
-        raise ValueError(f"{model_uri!r}: not a model URI; use models:/<name>@<alias>, "
-                         "models:/<name>/<version> or runs:/<run_id>/<artifact>")
-    mv = _model_version(client, m["name"], m["alias"], m["version"], model_uri, tracking_uri)
-    if mv.tags.get(KIND_TAG) not in ("encoder", "autoencoder"):
-        raise ValueError(f"{model_uri}: version {mv.version} of {mv.name!r} is not an arinv "
-                         f"model (no {KIND_TAG} tag); register it with "
-                         "pipelines.tracking.register_encoder / register_autoencoder")
-    digest = hashlib.sha1(f"{mv.source}|{mv.creation_timestamp}".encode()).hexdigest()[:8]
-    # The underlying location, not models:/...: MLflow resolves those with the global
-    # registry URI whatever tracking_uri / registry_uri download_artifacts is given.
-    location = client.get_model_version_download_uri(mv.name, mv.version)
-    return location, f"{_safe(mv.name)}/v{mv.version}-{digest}"
-
-
-def _model_version(client, name, alias, version, model_uri, tracking_uri):
-    try:
-        if alias:
-            return client.get_model_version_by_alias(name, alias)
-        if version == "latest":
-            found = client.search_model_versions(f"name = '{name}'", max_results=1,
-                                                 order_by=["version_number DESC"])
-            if found:
-                return found[0]
-            raise ValueError(f"{model_uri}: model {name!r} has no versions at {tracking_uri}")
-        return client.get_model_version(name, version)
-    except MlflowException as e:
-        if e.error_code not in _REJECTED:
-            raise
-        raise ValueError(_not_found(client, name, alias, version, model_uri, tracking_uri)) from e
-
-
-def _not_found(client, name, alias, version, model_uri, tracking_uri) -> str:
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        known = [m.name for m in client.search_registered_models(max_results=20)]
-        return (f"{model_uri}: no registered model {name!r} at {tracking_uri} (registered: "
-                f"{known}); register one with pipelines.tracking.register_encoder, or fix the name")
-    if alias:
-        return (f"{model_uri}: model {name!r} has no alias {alias!r} (aliases: "
-                f"{dict(model.aliases)}); set it with MlflowClient.set_registered_model_alias "
-                "or use another alias")
-    return f"{model_uri}: model {name!r} has no version {version!r} at {tracking_uri}"
-
-
-def _download(source: str, local: Path, tracking_uri: str) -> None:
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=".download-"))
-    try:
-        got = mlflow.artifacts.download_artifacts(source, dst_path=str(tmp),
-                                                  tracking_uri=tracking_uri)
-        if local.exists():  # another process finished first
-            shutil.rmtree(local, ignore_errors=True)
-        os.replace(got, local)  # got: tmp itself, or tmp/<last part of source>
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _artifact_in(local: Path, part: str, model_uri: str) -> Path:
-    from mlflow.models import Model
-
-    try:
-        flavor = Model.load(str(local)).flavors.get("python_function", {})
-    except (MlflowException, OSError, ValueError) as e:
-        raise ValueError(f"{model_uri}: not an MLflow model ({_short(e)})") from None
-    artifacts = flavor.get("artifacts") or {}
-    if part not in artifacts:
-        kind = "an arinv encoder" if "encoder" in artifacts else "not an arinv model"
-        raise ValueError(f"{model_uri}: has no {part} checkpoint ({kind}; artifacts: "
-                         f"{sorted(artifacts)})")
-    return local / artifacts[part]["path"]
 
 
 def _safe(name: str) -> str:

@@ -87,7 +87,7 @@ def train_encoder(cfg: EncoderTrainConfig, run: Launch) -> dict:
     robustness report, run id, final checkpoint path and registered version."""
     from arinv.models import create_encoder
 
-    from pipelines import tracking
+    from pipelines import registry, tracking
 
     model = create_encoder(cfg.model.name, num_classes=cfg.model.num_classes)
     resolution = cfg.model.resolution or model.input_size
@@ -102,7 +102,7 @@ def train_encoder(cfg: EncoderTrainConfig, run: Launch) -> dict:
     if run.register:
         alias = run.alias or ("robust" if cfg.attack else "standard")
         name = f"arinv-{cfg.model.name}"
-        version = tracking.register_encoder(out["tracking_uri"], out["run_id"], final / STATE,
+        version = registry.register_encoder(out["tracking_uri"], out["run_id"], final / STATE,
                                             name=name, alias=alias)
         result["registered"] = f"models:/{name}@{alias}"
         result["version"] = int(version.version)

@@ -29,7 +29,7 @@ def encoder_file(cfg: GeneratorTrainConfig, tracking_uri: str, cache: str | None
     """A local path for ``encoder.checkpoint`` (a registry URI is fetched into ``cache``)."""
     ref = cfg.encoder.checkpoint
     if ref and ref.startswith(("models:/", "runs:/")):
-        from pipelines.tracking import fetch_checkpoint
+        from pipelines.registry import fetch_checkpoint
 
         return str(fetch_checkpoint(ref, tracking_uri, cache_dir=cache))
     return ref
@@ -96,7 +96,7 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
     from arinv.train.generator_loop import build_inverter
     from arinv.train.loop import load_encoder
 
-    from pipelines import tracking
+    from pipelines import registry, tracking
 
     if cfg.encoder.checkpoint is None:
         raise ConfigError("encoder.checkpoint: null; a pipeline run inverts a trained encoder: "
@@ -122,7 +122,7 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
     if run.register:
         alias = run.alias or _encoder_alias(cfg.encoder.checkpoint)
         name = f"arinv-{cfg.encoder.name}-{cfg.encoder.layer}-autoencoder"
-        version = tracking.register_autoencoder(
+        version = registry.register_autoencoder(
             out["tracking_uri"], out["run_id"], encoder_checkpoint=enc_file,
             generator_checkpoint=final / STATE, name=name, alias=alias)
         result["registered"] = f"models:/{name}@{alias}"

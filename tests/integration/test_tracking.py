@@ -29,15 +29,13 @@ from arinv.models import create_encoder, create_generator
 from arinv.train.generator_loop import load_generator
 from arinv.train.loop import load_encoder
 from arinv.train.state import save_checkpoint
+from pipelines.registry import fetch_checkpoint, register_autoencoder, register_encoder
 from pipelines.tracking import (
     RUN_KEY_TAG,
     RunLogger,
     TrackingUnreachable,
     default_tracking_uri,
-    fetch_checkpoint,
     find_or_create_run,
-    register_autoencoder,
-    register_encoder,
 )
 
 pytestmark = pytest.mark.slow
