@@ -177,6 +177,9 @@ def add_data_write_arguments(w: argparse.ArgumentParser) -> argparse.ArgumentPar
                    "run). Default: $RAY_ADDRESS; without either, 'arinv data write' uses worker "
                    "processes and 'python -m pipelines.write_shards' starts a local cluster")
     w.add_argument("--overwrite", action="store_true", help="replace a shard set already in DEST")
+    w.add_argument("--shuffle-seed", type=int, default=0, metavar="S",
+                   help="write samples in an order permuted with seed S (default 0), so that a "
+                   "stream read shard by shard mixes classes; -1 keeps the source order")
     w.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return w
 
@@ -233,21 +236,27 @@ def _launch(args, cfg):
                   address=args.address, progress=not args.no_progress)
 
 
-def _train_encoder(args) -> int:
-    from arinv.config import EncoderTrainConfig, load_config
+def _train(args, cls, fit_local, pipeline: str):
+    """(config, result, workdir): ``fit_local`` in this process with --local, else the Ray
+    Train pipeline ``pipelines.<pipeline>``."""
+    import importlib
 
-    cfg = load_config(EncoderTrainConfig, args.config, args.set)
+    from arinv.config import load_config
+
+    cfg = load_config(cls, args.config, args.set)
     if args.local:
-        from arinv.train.loop import fit_encoder
-
         workdir = Path(args.workdir or Path("runs") / cfg.name)
-        result = fit_encoder(cfg, workdir, progress=not args.no_progress)
-    else:
-        from pipelines.train_encoder import train_encoder
+        return cfg, fit_local(cfg, workdir, progress=not args.no_progress), workdir
+    run = _launch(args, cfg)
+    result = getattr(importlib.import_module(f"pipelines.{pipeline}"), pipeline)(cfg, run)
+    return cfg, result, run.workdir
 
-        run = _launch(args, cfg)
-        result = train_encoder(cfg, run)
-        workdir = run.workdir
+
+def _train_encoder(args) -> int:
+    from arinv.config import EncoderTrainConfig
+    from arinv.train.loop import fit_encoder
+
+    cfg, result, workdir = _train(args, EncoderTrainConfig, fit_encoder, "train_encoder")
     print(_report_text(result["robustness"]))
     print(f"checkpoint: {result['checkpoint']}\nmetrics:    {workdir / 'metrics.json'}")
     if result.get("registered"):
@@ -257,20 +266,10 @@ def _train_encoder(args) -> int:
 
 
 def _train_generator(args) -> int:
-    from arinv.config import GeneratorTrainConfig, load_config
+    from arinv.config import GeneratorTrainConfig
+    from arinv.train.generator_loop import fit_generator
 
-    cfg = load_config(GeneratorTrainConfig, args.config, args.set)
-    if args.local:
-        from arinv.train.generator_loop import fit_generator
-
-        workdir = Path(args.workdir or Path("runs") / cfg.name)
-        result = fit_generator(cfg, workdir, progress=not args.no_progress)
-    else:
-        from pipelines.train_generator import train_generator
-
-        run = _launch(args, cfg)
-        result = train_generator(cfg, run)
-        workdir = run.workdir
+    cfg, result, workdir = _train(args, GeneratorTrainConfig, fit_generator, "train_generator")
     q = result["quality"]
     lp = "n/a (LPIPS weights not installed)" if q["lpips"] is None else f"{q['lpips']:.4f}"
     print(f"held-out reconstruction on {q['n']} images: PSNR {q['psnr']:.2f} dB, "
@@ -349,6 +348,7 @@ def data_write(args) -> int:
                          max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality,
                          compress_probability=args.compress_probability, workers=args.workers,
                          executor="ray" if address else "process", overwrite=args.overwrite,
+                         shuffle_seed=None if args.shuffle_seed < 0 else args.shuffle_seed,
                          progress=not args.no_progress)
     finally:
         if connected:

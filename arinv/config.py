@@ -330,6 +330,7 @@ class GeneratorTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     resolution: Optional[int] = None  # default: the encoder's input_size
     eval_images: int = 64             # held-out images for PSNR / SSIM / LPIPS and the grid
+    eval_every: int = 1               # Ray pipeline: epochs between held-out checks + grids
     augment: bool = False             # the paper trains generators without augmentation
     ri_steps: int = 0                 # > 0: also report the RI baseline (Sec. A2.4) with this many steps
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -348,8 +349,9 @@ class GeneratorTrainConfig:
         if self.loss.gan > 0 and self.generator.discriminator is None:
             errs.append("generator.discriminator: loss.gan > 0 needs a discriminator "
                         "(or set loss.gan=0)")
-        if self.eval_images < 1:
-            errs.append(f"eval_images: must be >= 1, got {self.eval_images}")
+        if self.eval_images < 1 or self.eval_every < 1:
+            errs.append(f"eval_images / eval_every: must be >= 1, got {self.eval_images} / "
+                        f"{self.eval_every}")
         if self.ri_steps < 0:
             errs.append(f"ri_steps: must be >= 0, got {self.ri_steps}")
         return errs

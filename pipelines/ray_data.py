@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,10 @@ class BetonDatasource(Datasource):
     """One read task per ``rows_per_task`` consecutive samples of a shard."""
 
     def __init__(self, uri: str, manifest: dict, *, rows_per_task: int = 256,
-                 cache: tuple[str, int] = (DEFAULT_CACHE, DEFAULT_CACHE_BYTES)):
+                 cache: tuple[str, int] = (DEFAULT_CACHE, DEFAULT_CACHE_BYTES),
+                 shuffle: bool = False):
         self.uri, self.manifest, self.rows_per_task = uri, manifest, rows_per_task
-        self.cache = cache
+        self.cache, self.shuffle = cache, shuffle
 
     def estimate_inmemory_data_size(self) -> int:
         return sum(s["bytes"] for s in self.manifest["shards"])
@@ -99,6 +101,8 @@ class BetonDatasource(Datasource):
                 fn = functools.partial(_read_chunk, self.uri, shard, self.cache, start, stop, base)
                 tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
             base += n
+        if self.shuffle:  # planned again for every epoch, so every epoch gets its own order
+            random.shuffle(tasks)
         return tasks
 
 
@@ -174,7 +178,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
                 cache_dir: str = DEFAULT_CACHE, cache_bytes: int = DEFAULT_CACHE_BYTES,
                 verify: str = "size", runtime_env: dict | None = None,
                 num_cpus: float | None = None,
-                crop_scale: tuple[float, float] = (0.08, 1.0)) -> Dataset:
+                crop_scale: tuple[float, float] = (0.08, 1.0),
+                shuffle: bool | None = None) -> Dataset:
     """A Ray Dataset of decoded, cropped uint8 batches from the shard set at ``uri``.
 
     ``verify``: "size" checks each local shard's size against the manifest when it is opened
@@ -185,6 +190,9 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     tasks (e.g. ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` when the cluster's nodes lack them).
     ``num_cpus`` is the logical CPU share of each read + decode task (Ray's default: 1).
     ``crop_scale``: the random-resized-crop's area range for ``split_transform="train"``.
+    ``shuffle`` (default: for "train") reads the chunks of the shards in a new random order
+    every epoch; the writer already shuffled samples across shards, and a consumer adds a local
+    shuffle buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``) for the rest.
     """
     if split_transform not in ("train", "eval"):
         raise ValueError(f"split_transform must be 'train' or 'eval', got {split_transform!r}")
@@ -198,7 +206,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     # it ran one decode task at a time (1,873 img/s) instead of two (3,299 img/s).
     DataContext.get_current().op_resource_reservation_enabled = False
     source = BetonDatasource(uri, manifest, rows_per_task=rows_per_task,
-                             cache=(cache_dir, cache_bytes))
+                             cache=(cache_dir, cache_bytes),
+                             shuffle=split_transform == "train" if shuffle is None else shuffle)
     env = {"runtime_env": runtime_env} if runtime_env else {}
     if num_cpus is not None:
         env["num_cpus"] = num_cpus

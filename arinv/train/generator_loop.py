@@ -20,7 +20,7 @@ from arinv.viz import save_grid
 from .gan import build_gan_optimizers, freeze, gan_step
 from .loop import collect, load_encoder
 from .runtime import EpochMeter, autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
-from .state import CheckpointError, load_checkpoint, resume, save_checkpoint
+from .state import CheckpointError, load_checkpoint, read_checkpoint, resume, save_checkpoint
 
 
 def frozen_encoder(cfg: GeneratorTrainConfig, device, log=print,
@@ -161,12 +161,7 @@ def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, Gen
     """Rebuild the generator saved by a generator run (weights only; eval mode) and its config."""
     from arinv.config import build
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("kind") != "generator":
-        raise CheckpointError(f"{path}: not an arinv generator checkpoint")
+    payload = read_checkpoint(path, "generator")
     arch = dict(payload["arch"])
     g_arch = dict(arch["generator"])
     g = create_generator(g_arch.pop("name"), **g_arch)

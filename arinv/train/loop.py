@@ -17,7 +17,7 @@ from arinv.metrics.robustness import RobustnessReport, robustness_report
 from arinv.models import create_encoder
 
 from .runtime import EpochMeter, autocast_for, prepare_batch, prepare_model, resolve_device, seed_everything
-from .state import CheckpointError, load_checkpoint, resume, save_checkpoint
+from .state import load_checkpoint, read_checkpoint, resume, save_checkpoint
 from .steps import adversarial_step, build_optimizer, standard_step
 
 def train_epoch(model, optimizer, batches: Iterable, cfg: EncoderTrainConfig, device, *,
@@ -112,12 +112,7 @@ def load_encoder(path: str | Path, device="cpu") -> tuple[torch.nn.Module, Encod
     """Rebuild the encoder saved by ``fit_encoder`` (weights only; eval mode) and its config."""
     from arinv.config import build
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("kind") != "encoder":
-        raise CheckpointError(f"{path}: not an arinv encoder checkpoint")
+    payload = read_checkpoint(path, "encoder")
     arch = dict(payload["arch"])
     model = create_encoder(arch.pop("name"), **arch)
     load_checkpoint(path, kind="encoder", arch=model.arch, modules={"model": model},

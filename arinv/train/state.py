@@ -77,8 +77,9 @@ def load_checkpoint(path: str | Path, *, kind: str, arch: dict, modules: dict[st
 
 
 # Config fields that may differ between a checkpoint's run and the run resuming it.
-RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.num_workers", "data.shards", "data.loader",
-                     "runtime.device", "scaling.", "name")
+RESUMABLE_CHANGES = ("optim.epochs", "eval.", "eval_every", "eval_images", "ri_steps",
+                     "data.num_workers", "data.shards", "data.loader", "runtime.device",
+                     "scaling.", "name")
 
 
 def resume(path: Path, *, kind: str, arch: dict, modules: dict[str, Any], config: dict,
@@ -111,6 +112,17 @@ def check_arch(path, found: dict, expected: dict) -> None:
         f"{path}: was saved from a different architecture ({'; '.join(diffs)}). "
         "Use a checkpoint of this architecture, or a new run name / workdir to start fresh."
     )
+
+
+def read_checkpoint(path: str | Path, kind: str) -> dict:
+    """The payload of an arinv ``kind`` checkpoint file, for rebuilding its model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        raise CheckpointError(f"{path}: not an arinv {kind} checkpoint")
+    return payload
 
 
 def export_weights(src: str | Path, dst: str | Path, keep: tuple[str, ...]) -> Path:

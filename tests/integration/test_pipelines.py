@@ -86,7 +86,7 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     # the generator takes its encoder from the registry; GAN loss on, so D is DDP-wrapped too
     gcfg = load_config(GeneratorTrainConfig, "tiny-sample-generator", [
         "data.train_per_class=8", "data.val_per_class=4", f"data.shards={shards}",
-        "optim.batch_size=8", "optim.epochs=2", "eval_images=8", "ri_steps=2",
+        "optim.batch_size=8", "optim.epochs=2", "eval_images=8", "eval_every=1", "ri_steps=2",
         "scaling.num_workers=2", "scaling.cpus_per_worker=1", "loss.gan=1.0",
         "generator.discriminator=alexnet_small_conv5",
         "encoder.checkpoint=models:/arinv-alexnet_small@robust"])
@@ -204,3 +204,16 @@ def test_relaunch_after_the_driver_dies_resumes(ray_cluster, shards, tmp_path):
     epochs = [h["epoch"] for h in state["progress"]["history"]]
     assert epochs == [1, 2, 3, 4] and len(done) >= 1
     assert len(run_ids(uri)) == 1
+
+
+def test_ffcv_loader_feeds_two_workers_every_image_once(ray_cluster, shards, tmp_path):
+    from pipelines.train_encoder import train_encoder
+
+    cfg = encoder_cfg(shards, "optim.epochs=2", "scaling.num_workers=2", "eval.every=0",
+                      "data.loader=ffcv", preset="tiny-sample-standard")
+    r = train_encoder(cfg, Launch(workdir=tmp_path, register=False, progress=False,
+                                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    import torch
+
+    hist = torch.load(r["checkpoint"], weights_only=False)["progress"]["history"]
+    assert [h["images"] for h in hist] == [64, 64] and 0 <= r["robustness"]["clean"] <= 1

@@ -28,6 +28,7 @@ def ray_cluster():
 def shard_set(tmp_path_factory):
     dest = tmp_path_factory.mktemp("shards") / "sample"
     manifest = write_shards("sample", dest, samples_per_shard=50, progress=False, workers=1,
+                            shuffle_seed=None,  # source order: records compare by position
                             max_resolution=160, compress_probability=1.0)
     return dest, manifest
 
@@ -128,3 +129,20 @@ def test_writing_to_a_missing_bucket_fails_before_any_work(s3_env, tmp_path, cap
 
     assert main(["data", "write", "sample", "s3://no-such-bucket-arinv/x", "--no-progress"]) == 2
     assert "no-such-bucket-arinv" in capsys.readouterr().err
+
+
+def test_training_reads_take_a_new_chunk_order_every_epoch(ray_cluster, shard_set):
+    from pipelines.ray_data import read_shards
+
+    dest, manifest = shard_set
+
+    def order(split_transform):
+        ds = read_shards(str(dest), split_transform=split_transform, resolution=32,
+                         rows_per_task=16)
+        return [[int(i) for b in ds.iter_batches(batch_size=64, batch_format="numpy")
+                 for i in b["index"]] for _ in range(2)]
+
+    train, evals = order("train"), order("eval")
+    assert sorted(train[0]) == sorted(train[1]) == list(range(manifest["num_samples"]))
+    assert train[0] != train[1] and train[0] != sorted(train[0])
+    assert sorted(evals[0]) == list(range(manifest["num_samples"]))  # (order not guaranteed)

@@ -14,7 +14,8 @@ from PIL import Image
 from arinv.cli import main
 from arinv.data.beton import RAW, BetonError, BetonReader, decode, write_beton
 from arinv.data.sample import sample_set
-from arinv.data.shards import ShardError, read_manifest, verify_shards, write_shards
+from arinv.data import shards
+from arinv.data.shards import ShardError, read_manifest, verify_shards
 from arinv.data.sources import SourceError, open_source
 
 JPEG_MEAN_ERROR = 8  # grey levels; smooth images at quality 90 land around 3
@@ -249,6 +250,23 @@ def test_sample_source_round_trip(tmp_path):
     assert [lab for _, lab in got] == ref.labels.tolist()
     errors = [mean_error(img, orig) for (img, _), orig in zip(got, ref.images)]
     assert max(errors) < JPEG_MEAN_ERROR and min(errors) == 0  # some JPEG, some raw
+
+
+def write_shards(*args, **kwargs):
+    """The writer in source order (most tests compare records by position)."""
+    return shards.write_shards(*args, **{"shuffle_seed": None, **kwargs})
+
+
+def test_samples_are_shuffled_across_shards_by_default(tmp_path):
+    m = shards.write_shards("sample:val:4", tmp_path / "out", samples_per_shard=10, workers=1,
+                            progress=False)
+    _, got = read_set(tmp_path / "out")
+    ref = sample_set("val", per_class=4)
+    order = np.random.default_rng(0).permutation(len(ref.labels))
+    assert m["writer"]["shuffle_seed"] == 0
+    assert [lab for _, lab in got] == ref.labels[order].tolist() != ref.labels.tolist()
+    errors = [mean_error(img, ref.images[i]) for (img, _), i in zip(got, order)]
+    assert max(errors) < JPEG_MEAN_ERROR
 
 
 # --- bad inputs ----------------------------------------------------------------------------------
