@@ -258,7 +258,12 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints)),
         datasets=ds, dataset_config=data_config())
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except BaseException as e:  # the MLflow run says so; a relaunch sets it RUNNING again
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        tracking.RunLogger(uri, run_id).close(status=status, timeout=30)
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"run {name}: training ended without a checkpoint")
     final = launch.workdir / "final"
