@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  arinv quickstart                          # the embedded demo (CPU, bundled photographs)
+  arinv quickstart                          # the main job at toy size (CPU, ~10 min)
   arinv presets                             # list the config presets
   arinv config alexnet-imagenet-robust      # show a preset, fully resolved
-  arinv train-encoder --config tiny-sample-robust --workdir runs/robust
-  arinv train-encoder --config resnet18-cifar10-robust --set attack.eps=1.5 --set data.source=/data/cifar10
-  arinv eval-robustness --checkpoint runs/robust/checkpoints/last.pt --eps 0.25 0.5 1 --autoattack-eps 0.5
-  arinv train-generator --config tiny-sample-generator --set encoder.checkpoint=runs/robust/checkpoints/last.pt
-  arinv data write /data/imagenet shards/imagenet-train --split train   # .beton shards + manifest
-  arinv data verify shards/imagenet-train
+  arinv train-encoder --config tiny-sample-robust                   # Ray Train, MLflow in runs/
+  arinv train-encoder --config resnet18-cifar10-robust --set attack.eps=1.5 --set data.shards=s3://b/cifar10
+  arinv train-generator --config tiny-sample-generator --set encoder.checkpoint=models:/arinv-alexnet_small@robust
+  arinv train-encoder --config tiny-sample-robust --local --workdir runs/local   # one process, no Ray
+  arinv eval-robustness --checkpoint runs/tiny-sample-robust/final/state.pt --eps 0.25 0.5 1 --autoattack-eps 0.5
+  arinv data write /data/imagenet/train shards/imagenet/train       # .beton shards + manifest
+  arinv data verify shards/imagenet/train
 """
 
 

@@ -65,11 +65,23 @@ def configs(overrides: list[str], shards: str | None) -> tuple[dict, dict]:
 def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool = True,
                    address: str | None = None, tracking_uri: str | None = None,
                    shards: str | None = None) -> dict:
-    from pipelines.train_encoder import train_encoder
-    from pipelines.train_generator import train_generator
+    import ray
 
     workdir = Path(workdir).expanduser().resolve()
     encs, gens = configs(list(overrides), shards)  # every config checked before any work
+    ours = not ray.is_initialized()  # a local cluster the pipelines start is shut down at the end
+    try:
+        return _run(workdir, encs, gens, overrides, progress, address, tracking_uri, shards)
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()
+
+
+def _run(workdir: Path, encs: dict, gens: dict, overrides, progress: bool, address: str | None,
+         tracking_uri: str | None, shards: str | None) -> dict:
+    from pipelines.train_encoder import train_encoder
+    from pipelines.train_generator import train_generator
+
     tracking_uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
     t0 = time.perf_counter()
     if shards is None:
@@ -115,16 +127,17 @@ def reconstruction_grid(path: Path, results: dict, gens: dict, tracking_uri: str
     from arinv.data.local import local_loaders
     from arinv.train.loop import collect
     from arinv.viz import save_grid
+    from pipelines.tracking import use_tracking_uri
 
     cfg = next(iter(gens.values()))
     _, val, _ = local_loaders(cfg.data, cfg.resolution, 64, cfg.runtime.seed)
     x, _ = collect(val, cfg.eval_images)
     idx = torch.linspace(0, len(x) - 1, 8).long()
     x = x[idx].numpy().astype(np.float32)
-    mlflow.set_tracking_uri(tracking_uri)
     rows = [torch.from_numpy(x)]
     for kind in gens:
-        model = mlflow.pyfunc.load_model(results["generators"][kind]["registered"])
+        with use_tracking_uri(tracking_uri):  # models:/ URIs resolve against the global one
+            model = mlflow.pyfunc.load_model(results["generators"][kind]["registered"])
         rows.append(torch.from_numpy(np.asarray(model.predict(x)["reconstruction"])))
     return save_grid(path, rows)
 

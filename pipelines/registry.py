@@ -18,7 +18,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.tracking import (_REJECTED, KIND_TAG, _explain_unreachable, _global_tracking_uri,
+from pipelines.tracking import (_REJECTED, KIND_TAG, _explain_unreachable, use_tracking_uri,
                                 _safe, _short)
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -86,7 +86,7 @@ def _log_and_register(tracking_uri, run_id, artifact_name, files: dict, signatur
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     tags = {k: str(v) for k, v in tags.items()}
     with (_explain_unreachable(tracking_uri, f"registering {name!r}"),
-          _global_tracking_uri(tracking_uri)):
+          use_tracking_uri(tracking_uri)):
         exp_id = client.get_run(run_id).info.experiment_id
         # Model.log without an active run would put the LoggedModel in the default experiment.
         logged = client.create_logged_model(exp_id, name=artifact_name, source_run_id=run_id,
@@ -178,7 +178,7 @@ def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,
                 or Path.home() / ".cache" / "arinv" / "models")
     root = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]
     with (_explain_unreachable(tracking_uri, f"fetching {model_uri}"),
-          _global_tracking_uri(tracking_uri)):
+          use_tracking_uri(tracking_uri)):
         source, key = _resolve(model_uri, tracking_uri)
         local = root / key
         if not (local / "MLmodel").is_file():

@@ -92,7 +92,7 @@ def _explain_unreachable(tracking_uri: str, doing: str):
 
 
 @contextmanager
-def _global_tracking_uri(uri: str):
+def use_tracking_uri(uri: str):
     """MLflow's ``_use_tracking_uri`` also deletes $MLFLOW_TRACKING_URI on exit when the URI came
     from there (set_tracking_uri(None) unsets it); put it back, and the import path too
     (loading a model to check its input example prepends the model's code dir to sys.path)."""

@@ -31,10 +31,12 @@ import collections
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import socket
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -245,7 +247,12 @@ def _run_processes(tasks: list[_Task], workers: int | None, progress: bool) -> l
 
     workers = min(4, _cpu_count()) if workers is None else workers
     results: list[dict] = [{}] * len(tasks)
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool, \
+    # A caller running other threads (Ray, MLflow, an S3 server) must not be forked (seen:
+    # "malloc(): unaligned fastbin chunk detected" in a forked writer): forkserver then, though
+    # its children start 5-8x slower here.
+    threads = threading.active_count() > 1
+    ctx = multiprocessing.get_context("forkserver" if threads else "fork")
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool, \
             _progress_bar(tasks, progress) as bar:
         futures = {pool.submit(_write_shard, task): i for i, task in enumerate(tasks)}
         try:
