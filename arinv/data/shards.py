@@ -31,12 +31,10 @@ import collections
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import socket
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -247,12 +245,10 @@ def _run_processes(tasks: list[_Task], workers: int | None, progress: bool) -> l
 
     workers = min(4, _cpu_count()) if workers is None else workers
     results: list[dict] = [{}] * len(tasks)
-    # A caller running other threads (Ray, MLflow, an S3 server) must not be forked (seen:
-    # "malloc(): unaligned fastbin chunk detected" in a forked writer): forkserver then, though
-    # its children start 5-8x slower here.
-    threads = threading.active_count() > 1
-    ctx = multiprocessing.get_context("forkserver" if threads else "fork")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool, \
+    # fork: children see the caller's current environment (credentials, endpoints), which a
+    # forkserver started earlier would not. Forking a caller with live Ray threads once crashed
+    # a child (malloc corruption); such callers should use the Ray executor.
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool, \
             _progress_bar(tasks, progress) as bar:
         futures = {pool.submit(_write_shard, task): i for i, task in enumerate(tasks)}
         try:
@@ -305,6 +301,19 @@ def _ray_result(ref) -> dict:
         raise
 
 
+def _shrink(resizer, image: np.ndarray, max_resolution: int) -> np.ndarray:
+    """ffcv's resizer (long side <= max_resolution), except that a very thin image (3 x 2000
+    at 500 would get a 0-px side, which cv2 refuses) keeps sides of at least 1 px."""
+    h, w = image.shape[:2]
+    scale = max_resolution / max(h, w)
+    if scale >= 1 or min(h, w) * scale >= 1:
+        return resizer(image, max_resolution)
+    import cv2
+
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def _write_shard(task: _Task) -> dict:
     """Runs in a worker process or a Ray task: decode, shrink, write one shard (and with
     ``task.upload`` upload it from this node); report what was skipped and where it ran."""
@@ -322,7 +331,7 @@ def _write_shard(task: _Task) -> dict:
         except BadImage as e:
             skipped.append({"input": e.input, "reason": e.reason})
             continue
-        items.append((resizer(image, task.settings["max_resolution"]), label))
+        items.append((_shrink(resizer, image, task.settings["max_resolution"]), label))
     report = {"num_samples": len(items), "skipped": skipped, "host": host}
     if not items:
         return report

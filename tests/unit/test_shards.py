@@ -338,6 +338,16 @@ def test_non_image_files_are_ignored_and_counted(messy):
                             "by_extension": {"(none)": 1, ".csv": 1, ".txt": 1}}
 
 
+def test_a_very_thin_image_is_shrunk_not_fatal(tmp_path):
+    save(tmp_path / "src" / "a" / "thin.png", smooth(3, 2000, 1))
+    save(tmp_path / "src" / "a" / "ok.png", smooth(40, 50, 2))
+    m = write_shards(tmp_path / "src", tmp_path / "out", max_resolution=500, workers=1,
+                     compress_probability=0, progress=False)
+    _, got = read_set(tmp_path / "out")
+    assert m["num_samples"] == 2 and not m["skipped"]
+    assert sorted(img.shape[:2] for img, _ in got) == [(1, 500), (40, 50)]
+
+
 def test_odd_modes_become_8_bit_rgb(messy):
     _, out, m, expected = messy
     _, got = read_set(out)
