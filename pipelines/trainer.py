@@ -231,6 +231,7 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
     if storage.is_s3(launch.storage_path):
         storage.check_access(launch.storage_path, write=True)
     check_resume(launch.storage_path, name, kind=kind, arch=arch, config=flatten(cfg))
+    root = shard_sets(cfg, launch).rstrip("/")  # may fork shard writers: before Ray starts
     init_ray(launch.address, sc)
     uri = launch.tracking()
     run_id = tracking.find_or_create_run(
@@ -240,7 +241,6 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
     driver_log.log_params(flatten(cfg))
     driver_log.set_tags({"arinv.storage": launch.run_key(name), "arinv.micro_batch": micro})
     driver_log.close(timeout=60)
-    root = shard_sets(cfg, launch).rstrip("/")
     ds = datasets(cfg, root, resolution, augment=augment, progress=launch.progress)
     trainer = TorchTrainer(
         loop,
