@@ -68,29 +68,29 @@ def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool =
     import ray
 
     workdir = Path(workdir).expanduser().resolve()
+    bundled = shards is None  # the bundled photographs, written as shards by _run
+    shards = str(workdir / "shards") if bundled else shards
     encs, gens = configs(list(overrides), shards)  # every config checked before any work
     ours = not ray.is_initialized()  # a local cluster the pipelines start is shut down at the end
     try:
-        return _run(workdir, encs, gens, overrides, progress, address, tracking_uri, shards)
+        return _run(workdir, encs, gens, progress, address, tracking_uri, bundled)
     finally:
         if ours and ray.is_initialized():
             ray.shutdown()
 
 
-def _run(workdir: Path, encs: dict, gens: dict, overrides, progress: bool, address: str | None,
-         tracking_uri: str | None, shards: str | None) -> dict:
+def _run(workdir: Path, encs: dict, gens: dict, progress: bool, address: str | None,
+         tracking_uri: str | None, bundled: bool) -> dict:
     from pipelines.train_encoder import train_encoder
     from pipelines.train_generator import train_generator
 
     tracking_uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
     t0 = time.perf_counter()
-    if shards is None:
+    if bundled:
         d = encs["standard"].data
         print(f"== writing the bundled sample set as shards ({d.train_per_class} train and "
               f"{d.val_per_class} held-out crops per class)")
-        shards = str(write_sample_shards(workdir / "shards", d.train_per_class,
-                                         d.val_per_class, progress=progress))
-        encs, gens = configs(list(overrides), shards)
+        write_sample_shards(Path(d.shards), d.train_per_class, d.val_per_class, progress=progress)
 
     def launch(kind: str, cfg) -> Launch:
         return Launch(workdir=workdir / kind / cfg.name, storage_path=str(workdir / "ray"),

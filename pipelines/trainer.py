@@ -124,8 +124,8 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     from pipelines.ray_data import load_manifest, read_shards
 
     DataContext.get_current().enable_progress_bars = progress
-    for split in ("train", "val"):
-        load_manifest(f"{root}/{split}")  # a missing or incomplete set fails here, not in a worker
+    # a missing or incomplete set fails here, not in a worker
+    manifests = {split: load_manifest(f"{root}/{split}") for split in ("train", "val")}
     val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution)
     if cfg.data.loader == "ffcv":
         from pipelines.ffcv_loader import local_shards
@@ -134,7 +134,7 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
         return {"val": val}
     # Ray splits the stream between workers by blocks (one per read task): small sets get
     # small tasks, so that every worker gets some (ImageNet-sized ones keep 256-row tasks).
-    n = load_manifest(f"{root}/train")["num_samples"]
+    n = manifests["train"]["num_samples"]
     rows = max(1, min(256, n // (4 * cfg.scaling.num_workers)))
     train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
                         resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),

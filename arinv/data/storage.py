@@ -514,13 +514,18 @@ def upload_file(local_path_: str | os.PathLike, uri: str, *, sha256: str | None 
         if got != local_hex:
             problems.append(f"re-read sha256 {got} != local {local_hex}")
     if problems:
-        with contextlib.suppress(Exception):   # the error below is the one that matters
-            client.delete_object(Bucket=bucket, Key=key)
-        raise StorageError(f"upload of {src} to {uri} did not verify ({'; '.join(problems)}); "
-                           "the object was deleted: upload again, and if it repeats check the "
-                           "network path / proxy and the store's checksum support "
-                           "(verify='read' checks by re-downloading)")
+        _discard(client, bucket, key,
+                 f"upload of {src} to {uri} did not verify ({'; '.join(problems)}); the object "
+                 "was deleted: upload again, and if it repeats check the network path / proxy "
+                 "and the store's checksum support (verify='read' checks by re-downloading)")
     return {"uri": uri, "size": nbytes, "sha256": local_hex, "parts": nparts, "verified": how}
+
+
+def _discard(client, bucket: str, key: str, message: str):
+    """Delete an object that failed verification, then raise ``message``."""
+    with contextlib.suppress(Exception):   # the error below is the one that matters
+        client.delete_object(Bucket=bucket, Key=key)
+    raise StorageError(message)
 
 
 def _sha256_remote(client, uri: str) -> str:
@@ -667,11 +672,10 @@ def copy_object(src_uri: str, dst_uri: str, *, sha256: str, size: int, client=No
     if got != (_b64(sha256) if how == "checksum" else sha256.lower()):
         problems.append(f"sha256 differs from the expected {sha256}")
     if problems:
-        with contextlib.suppress(Exception):   # the error below is the one that matters
-            client.delete_object(Bucket=bucket, Key=key)
-        raise StorageError(f"copy of {src_uri} to {dst_uri} did not verify ({'; '.join(problems)}); "
-                           "the copy was deleted: the source object is not the one expected "
-                           "(re-upload it), or the store altered it")
+        _discard(client, bucket, key,
+                 f"copy of {src_uri} to {dst_uri} did not verify ({'; '.join(problems)}); the "
+                 "copy was deleted: the source object is not the one expected (re-upload it), "
+                 "or the store altered it")
     return {"uri": dst_uri, "size": size, "sha256": sha256.lower(), "verified": how}
 
 
