@@ -15,6 +15,7 @@ EPILOG = """examples:
   arinv train-encoder --config resnet18-cifar10-robust --set attack.eps=1.5 --set data.shards=s3://b/cifar10
   arinv train-generator --config tiny-sample-generator --set encoder.checkpoint=models:/arinv-alexnet_small@robust
   arinv train-encoder --config tiny-sample-robust --local --workdir runs/local   # one process, no Ray
+  arinv sweep --config tiny-sample-sweep                              # Table A3 at toy size (Ray Tune)
   arinv eval-robustness --checkpoint runs/tiny-sample-robust/final/state.pt --eps 0.25 0.5 1 --autoattack-eps 0.5
   arinv data write /data/imagenet/train shards/imagenet/train       # .beton shards + manifest
   arinv data verify shards/imagenet/train
@@ -68,6 +69,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="e.g. --set encoder.checkpoint=models:/arinv-alexnet_small@robust")
     _add_launch_arguments(g)
 
+    w = sub.add_parser("sweep", help="Ray Tune sweep: Table A3 (encoder + generator per "
+                       "robustness level eps) or a loss-weight search with ASHA",
+                       description=SWEEP_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("--config", required=True, help="sweep preset (e.g. sweep-resnet18-cifar10-"
+                   "eps, tiny-sample-sweep) or YAML path")
+    w.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a sweep field, e.g. --set eps=[0,1,2] --set shards=s3://b/c10 "
+                   "--set 'encoder_set=[optim.epochs=30]'")
+    _add_launch_arguments(w, local=False)
+
     e = sub.add_parser("eval-robustness", help="clean, PGD, FGSM and AutoAttack accuracy of a "
                        "trained encoder, with the gradient-masking sanity checks")
     e.add_argument("--checkpoint", required=True, help="an encoder checkpoint (train-encoder)")
@@ -96,7 +108,23 @@ Relaunching with the same --run-name and --storage-path resumes from the last ch
 logs into the same MLflow run. --local trains in this process instead (no Ray, no MLflow)."""
 
 
-def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
+SWEEP_DESCRIPTION = """Runs a sweep on Ray Tune; every trial fits Ray Train runs.
+
+Table A3 (no 'search' in the config): one trial per eps: train the encoder with L2 PGD at
+eps, measure clean accuracy and PGD accuracy at the table's radius, train a generator with
+pixel + feature losses, measure PSNR / SSIM / LPIPS on held-out images.
+Loss-weight search ('search:' set): one trial per sampled (pix, feat, gan) for a fixed
+encoder, ASHA stopping weak trials on the held-out metric; the best weights become a preset.
+
+As many trials run at once as the cluster's resources fit (or max_concurrent). A failed
+trial is retried max_failures times and resumes its runs from their checkpoints; relaunching
+the same sweep (name, --storage-path) resumes it without rerunning finished trials.
+Writes to WORKDIR: table_a3.md / .csv (or search.md), trials.csv, sweep.png,
+reconstructions.png, results.json (and the best preset); MLflow: a parent run, one child run
+per trial, the best pair registered under --alias (default <name>-best)."""
+
+
+def _add_launch_arguments(p: argparse.ArgumentParser, local: bool = True) -> None:
     p.add_argument("--workdir", default=None,
                    help="local outputs: final checkpoint, metrics.json; default runs/<run name>")
     p.add_argument("--run-name", default=None, help="default: the config's name")
@@ -112,8 +140,9 @@ def _add_launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-register", action="store_true", help="skip the model registry")
     p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS "
                    "or a new local cluster)")
-    p.add_argument("--local", action="store_true",
-                   help="single process, no Ray / MLflow: checkpoints in WORKDIR/checkpoints")
+    if local:
+        p.add_argument("--local", action="store_true", help="single process, no Ray / MLflow: "
+                       "checkpoints in WORKDIR/checkpoints")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -285,6 +314,30 @@ def _train_generator(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from arinv.config import SweepConfig, load_config
+    from pipelines.sweep import run_sweep
+
+    cfg = load_config(SweepConfig, args.config,
+                      [*args.set, *([f"name={args.run_name}"] if args.run_name else [])])
+    result = run_sweep(cfg, _launch(args, cfg))
+    tables = [f for f in result["files"] if f.endswith(".md")]
+    for f in tables:
+        print("\n" + Path(f).read_text())
+    best = result["best"]
+    if best is None:
+        print("no trial finished: see trials.csv and the Ray / MLflow logs")
+        return 1
+    print(f"best trial: {best['trial']} (PSNR {best['psnr']:.3f} dB, SSIM {best['ssim']:.4f})")
+    for kind, uri in result.get("registered", {}).items():
+        print(f"registered {kind}: {uri}")
+    if result.get("preset"):
+        print(f"best weights as a preset: {result['preset']}")
+    print(f"outputs:    {result['workdir']}\nMLflow:     {result['tracking_uri']} run "
+          f"{result['run_id']}")
+    return 0
+
+
 def _eval_robustness(args) -> int:
     from arinv.config import validate
     from arinv.data.local import local_loaders
@@ -370,6 +423,7 @@ def _report_text(rob: dict) -> str:
 
 _COMMANDS = {"quickstart": _quickstart, "presets": _presets, "config": _config,
              "train-encoder": _train_encoder, "train-generator": _train_generator,
+             "sweep": _sweep,
              "eval-robustness": _eval_robustness, "data": _data}
 
 if __name__ == "__main__":

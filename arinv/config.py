@@ -357,6 +357,88 @@ class GeneratorTrainConfig:
         return errs
 
 
+TABLE_A3_EPS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+SWEEP_METRICS = {"psnr": "max", "ssim": "max", "lpips": "min"}
+
+
+@dataclass
+class WeightSearchConfig:
+    """Loss-weight search: ``pix`` / ``feat`` / ``gan`` drawn log-uniformly from [low, high]
+    (null keeps the generator preset's weight), ASHA stopping on a held-out metric."""
+
+    encoder: Optional[str] = None  # the encoder to invert: a checkpoint or models:/ URI
+    pix: Optional[list[float]] = None
+    feat: Optional[list[float]] = None
+    gan: Optional[list[float]] = None
+    samples: int = 8
+    metric: str = "psnr"           # psnr / ssim (maximised) or lpips (minimised)
+    grace_period: int = 1          # epochs every trial runs before ASHA may stop it
+    reduction_factor: int = 2      # ASHA keeps the best 1/reduction_factor at each rung
+    seed: int = 0                  # the sampler's seed
+    preset_out: Optional[str] = None  # where the best weights go; default WORKDIR/<name>-best.yaml
+
+    def check(self) -> list[str]:
+        errs = []
+        if not self.encoder:
+            errs.append("encoder: set the encoder whose features the search inverts (a "
+                        "checkpoint file or a registry URI such as models:/arinv-resnet18_cifar"
+                        "@robust, e.g. the best pair of an eps sweep)")
+        elif ":/" not in self.encoder and not Path(self.encoder).is_file():
+            errs.append(f"encoder: no file at {self.encoder!r}")
+        ranges = {k: getattr(self, k) for k in ("pix", "feat", "gan")}
+        for k, r in ranges.items():
+            if r is not None and (len(r) != 2 or not 0 < r[0] <= r[1]):
+                errs.append(f"{k}: a log-uniform range is [low, high] with 0 < low <= high, "
+                            f"got {r}")
+        if all(r is None for r in ranges.values()):
+            errs.append("pix, feat, gan: give at least one range to search")
+        if self.samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
+            errs.append("samples, grace_period: must be >= 1; reduction_factor: must be >= 2")
+        if self.metric not in SWEEP_METRICS:
+            errs.append(f"metric: one of {list(SWEEP_METRICS)}, got {self.metric!r}")
+        return errs
+
+
+@dataclass
+class SweepConfig:
+    """A Ray Tune sweep. Without ``search``: Table A3, one trial per ``eps`` (train the
+    encoder with L2 PGD at eps, evaluate it, train its generator, evaluate the inversion).
+    With ``search``: a loss-weight search for one encoder's generator."""
+
+    name: str = "sweep"
+    encoder: str = "resnet18-cifar10-robust"    # encoder preset (its attack.eps set per trial)
+    generator: str = "resnet18-cifar10-layer4"  # generator preset (pixel + feature losses)
+    encoder_set: list[str] = field(default_factory=list)    # overrides for every encoder
+    generator_set: list[str] = field(default_factory=list)  # overrides for every generator
+    shards: Optional[str] = None       # data.shards of every run (default: the presets')
+    eps: list[float] = field(default_factory=lambda: list(TABLE_A3_EPS))
+    standard_attack_eps: float = 0.25  # Table A3 attacks the eps = 0 encoder at this radius
+    select: str = "psnr"               # the metric that picks the pair registered as the best
+    max_concurrent: Optional[int] = None  # default: as many trials as the cluster's resources fit
+    max_failures: int = 2              # retries of a failed trial (it resumes from checkpoints)
+    search: Optional[WeightSearchConfig] = None
+
+    def check(self) -> list[str]:
+        errs = []
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            errs.append(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
+        if not self.eps or any(e < 0 for e in self.eps) or len(set(self.eps)) != len(self.eps):
+            errs.append(f"eps: distinct radii >= 0, got {self.eps}")
+        if self.standard_attack_eps <= 0:
+            errs.append(f"standard_attack_eps: must be > 0, got {self.standard_attack_eps}")
+        if self.select not in SWEEP_METRICS:
+            errs.append(f"select: one of {list(SWEEP_METRICS)}, got {self.select!r}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            errs.append(f"max_concurrent: must be >= 1 (or null), got {self.max_concurrent}")
+        if self.max_failures < 0:
+            errs.append(f"max_failures: must be >= 0, got {self.max_failures}")
+        return errs
+
+    def attack_eps(self, eps: float) -> float:
+        """The radius Table A3 attacks the eps-trained encoder with."""
+        return eps if eps > 0 else self.standard_attack_eps
+
+
 def _batch_errors(scaling: ScalingConfig, batch_size: int) -> list[str]:
     if scaling.num_workers < 1 or (scaling.micro_batch_size or 1) < 1:
         return []  # reported by ScalingConfig.check
@@ -421,7 +503,7 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _apply_override(data: dict, item: str) -> None:
+def apply_override(data: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: write it as field.path=value, e.g. attack.eps=1.0")
     key, raw = item.split("=", 1)
@@ -522,7 +604,7 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
         source = str(path)
         data = _read_yaml(path)
     for item in overrides or []:
-        _apply_override(data, item)
+        apply_override(data, item)
     try:
         cfg = build(cls, data)
         validate(cfg)
@@ -532,8 +614,10 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
 
 
 def config_class(preset_or_path: str):
-    """EncoderTrainConfig or GeneratorTrainConfig, from the preset's fields."""
+    """EncoderTrainConfig, GeneratorTrainConfig or SweepConfig, from the preset's fields."""
     data = _read_yaml(resolve_preset(preset_or_path))
+    if isinstance(data.get("encoder"), str) or isinstance(data.get("generator"), str):
+        return SweepConfig  # a sweep names its encoder and generator presets
     return GeneratorTrainConfig if "generator" in data else EncoderTrainConfig
 
 

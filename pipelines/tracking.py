@@ -139,6 +139,17 @@ def find_or_create_run(tracking_uri: str, experiment: str, run_key: str, *, run_
         return run.run_id
 
 
+def find_run(tracking_uri: str, experiment: str, run_key: str) -> str | None:
+    """The id of the run tagged ``arinv.run_key=run_key`` (the oldest), or None."""
+    client = MlflowClient(tracking_uri)
+    with _explain_unreachable(tracking_uri, f"looking up run {run_key!r}"):
+        exp = client.get_experiment_by_name(experiment)
+        runs = [] if exp is None else client.search_runs(
+            [exp.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1,
+            order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
 def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:

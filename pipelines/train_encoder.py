@@ -96,7 +96,8 @@ def train_encoder(cfg: EncoderTrainConfig, run: Launch) -> dict:
     final = out["checkpoint_dir"]
     report = json.loads((final / REPORT).read_text())
     result = {"name": cfg.name, "run_id": out["run_id"], "tracking_uri": out["tracking_uri"],
-              "checkpoint": str(final / STATE), "robustness": report, "config": flatten(cfg)}
+              "checkpoint": str(final / STATE), "stored_checkpoint": out["stored_checkpoint"],
+              "robustness": report, "config": flatten(cfg)}
     log = tracking.RunLogger(out["tracking_uri"], out["run_id"])
     log.log_artifact(final / REPORT)
     if run.register:

@@ -26,12 +26,17 @@ QUALITY, GRID = "quality.json", "reconstructions.png"
 
 
 def encoder_file(cfg: GeneratorTrainConfig, tracking_uri: str, cache: str | None) -> str | None:
-    """A local path for ``encoder.checkpoint`` (a registry URI is fetched into ``cache``)."""
+    """A local path for ``encoder.checkpoint``: a registry URI is fetched into ``cache``, an
+    ``s3://`` checkpoint (another run's stored state) copied there once."""
     ref = cfg.encoder.checkpoint
     if ref and ref.startswith(("models:/", "runs:/")):
         from pipelines.registry import fetch_checkpoint
 
         return str(fetch_checkpoint(ref, tracking_uri, cache_dir=cache))
+    if ref and ref.startswith("s3://"):
+        from pipelines.trainer import stored_file
+
+        return str(stored_file(ref, cache))
     return ref
 
 
@@ -117,7 +122,8 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
     final = out["checkpoint_dir"]
     quality = json.loads((final / QUALITY).read_text())
     result = {"name": cfg.name, "run_id": out["run_id"], "tracking_uri": out["tracking_uri"],
-              "checkpoint": str(final / STATE), "grid": str(final / GRID),
+              "checkpoint": str(final / STATE), "stored_checkpoint": out["stored_checkpoint"],
+              "grid": str(final / GRID),
               "quality": quality, "config": flatten(cfg)}
     log = tracking.RunLogger(out["tracking_uri"], out["run_id"])
     log.log_artifact(final / QUALITY)

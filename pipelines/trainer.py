@@ -44,7 +44,8 @@ class Launch:
     address: str | None = None         # Ray address; default $RAY_ADDRESS or a local cluster
     model_cache: str | None = None     # registry downloads; default $ARINV_MODEL_CACHE or ~/.cache
     progress: bool = True
-    extra_tags: dict = field(default_factory=dict)
+    extra_tags: dict = field(default_factory=dict)  # e.g. mlflow.parentRunId for sweep trials
+    callbacks: list = field(default_factory=list)   # Ray Train callbacks (a Tune trial's reporter)
 
     def __post_init__(self):
         self.workdir = Path(self.workdir).expanduser().resolve()
@@ -65,9 +66,11 @@ class Launch:
 # ----------------------------------------------------------------------------- driver
 
 
-def init_ray(address: str | None, scaling) -> None:
+def init_ray(address: str | None, scaling, runs: int = 1) -> None:
     """Connect to ``address`` / $RAY_ADDRESS, or start a local cluster whose logical CPUs leave
-    the machine's cores to the data stream after the training workers took theirs."""
+    the machine's cores to the data stream after ``runs`` concurrent runs' training workers
+    took theirs. The local dashboard (127.0.0.1, token auth) serves Ray's state API, which Ray
+    Train needs to free the resources of a run whose controller died (a stopped Tune trial)."""
     import ray
 
     if ray.is_initialized():
@@ -76,9 +79,9 @@ def init_ray(address: str | None, scaling) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    need = scaling.num_workers * scaling.cpus_per_worker
-    ray.init(num_cpus=int((os.cpu_count() or 1) + need + 0.999), include_dashboard=False,
-             log_to_driver=True)
+    need = runs * scaling.num_workers * scaling.cpus_per_worker
+    ray.init(num_cpus=int((os.cpu_count() or 1) + need + 0.999), include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def shard_sets(cfg, launch: Launch) -> str:
@@ -167,6 +170,25 @@ def data_config():
     return ExactlyOnce(datasets_to_split=["train"])
 
 
+def stored_file(uri: str, cache: str | None = None) -> Path:
+    """A local path for a file in run storage: itself if local, else a copy under ``cache``
+    (default $ARINV_MODEL_CACHE or ~/.cache/arinv/models), made once (stored checkpoints never
+    change)."""
+    import hashlib
+
+    if not storage.is_s3(uri):
+        return storage.local_path(uri)
+    root = Path(cache or os.environ.get("ARINV_MODEL_CACHE")
+                or Path.home() / ".cache" / "arinv" / "models")
+    local = root / "stored" / hashlib.sha1(uri.encode()).hexdigest()[:16] / Path(uri).name
+    if not local.is_file():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_suffix(f".{os.getpid()}.part")
+        tmp.write_bytes(storage.read_bytes(uri))
+        tmp.replace(local)
+    return local
+
+
 def storage_filesystem(path: str):
     return storage.pyarrow_s3_filesystem() if storage.is_s3(path) else None
 
@@ -218,8 +240,9 @@ def check_resume(storage_path: str, name: str, *, kind: str, arch: dict, config:
 def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int, augment: bool,
            extra: dict | None = None) -> dict:
     """Fit ``loop`` (a worker function taking the train-loop config dict) under Ray Train and
-    return ``{"run_id", "checkpoint_dir", "metrics", "result"}``; the final checkpoint directory
-    is copied to ``launch.workdir / "final"``."""
+    return ``{"run_id", "checkpoint_dir", "stored_checkpoint", "metrics", "result"}``; the final
+    checkpoint directory is copied to ``launch.workdir / "final"`` (``stored_checkpoint``: its
+    ``state.pt`` in the run's storage, readable from every node)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -256,7 +279,8 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
             name=name, storage_path=ray_storage_path(launch.storage_path),
             storage_filesystem=storage_filesystem(launch.storage_path),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints),
+            callbacks=list(launch.callbacks)),
         datasets=ds, dataset_config=data_config())
     try:
         result = trainer.fit()
@@ -269,8 +293,11 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
     final = launch.workdir / "final"
     shutil.rmtree(final, ignore_errors=True)
     result.checkpoint.to_directory(str(final))
+    stored = result.checkpoint.path  # "bucket/key/..." on S3 (explicit filesystem)
+    stored = f"s3://{stored}" if storage.is_s3(launch.storage_path) else stored
     return {"run_id": run_id, "tracking_uri": uri, "checkpoint_dir": final,
-            "metrics": dict(result.metrics or {}), "result": result}
+            "stored_checkpoint": f"{stored}/{STATE}", "metrics": dict(result.metrics or {}),
+            "result": result}
 
 
 # ----------------------------------------------------------------------------- worker

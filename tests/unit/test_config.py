@@ -5,6 +5,7 @@ from arinv.config import (
     ConfigError,
     EncoderTrainConfig,
     GeneratorTrainConfig,
+    SweepConfig,
     config_class,
     flatten,
     list_presets,
@@ -19,6 +20,13 @@ def test_every_preset_loads_and_validates(preset, tmp_path, monkeypatch):
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     overrides = [] if "sample" in preset else [f"data.source={tmp_path}"]
+    if config_class(preset) is SweepConfig:  # a sweep: every trial's configs are checked too
+        from pipelines.sweep import plan
+
+        sw = load_config(SweepConfig, preset, [f"encoder_set={overrides}",
+                                               f"generator_set={overrides}"])
+        assert sw.name and plan(sw)
+        return
     cfg = load_config(config_class(preset), preset, overrides)
     assert cfg.name
 

@@ -1,0 +1,158 @@
+"""Ray Tune sweeps on a real local Ray cluster with a real MLflow store, at toy size: a 2-trial
+Table A3 sweep whose driver is killed after the first trial and relaunched, then a loss-weight
+search with ASHA that inverts the sweep's registered best encoder."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+from arinv.config import GeneratorTrainConfig, SweepConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ENCODER_EPOCHS = 2
+TOY = """extends: tiny-sample-sweep
+name: toy
+eps: [0.0, 1.0]
+encoder_set: [data.train_per_class=8, data.val_per_class=4, optim.batch_size=8,
+  eval.pgd_steps=2, eval.max_images=16, eval.epoch_images=8, "eval.pgd_eps=[0.5]", eval.every=1,
+  scaling.cpus_per_worker=1, optim.epochs=%d, attack.steps=2]
+generator_set: [optim.batch_size=8, optim.epochs=2, eval_images=8, ri_steps=0,
+  scaling.cpus_per_worker=1]
+""" % ENCODER_EPOCHS
+
+
+def _children(client, exp_id, parent):
+    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+@pytest.fixture(scope="module")
+def eps_sweep(tmp_path_factory):
+    """The toy Table A3 sweep, its driver SIGKILLed once the first trial finished, relaunched."""
+    d = tmp_path_factory.mktemp("sweep")
+    (d / "toy.yaml").write_text(TOY)
+    cmd = [sys.executable, "-m", "pipelines.sweep", "--config", str(d / "toy.yaml"),
+           "--workdir", str(d / "w"), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARINV_MODEL_CACHE": str(d / "cache")}
+    with open(d / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # its own group: Ray dies with it
+        try:
+            deadline = time.time() + 420
+            while not (d / "w" / "trials" / "eps0" / "summary.json").is_file():
+                assert first.poll() is None, (d / "first.log").read_text()[-3000:]
+                assert time.time() < deadline, "the first trial did not finish"
+                time.sleep(1)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    interrupted = first.returncode
+    _wait_group_gone(first.pid)
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    return {"dir": d, "workdir": d / "w", "cmd": cmd, "env": env, "interrupted": interrupted,
+            "out": second.stdout, "uri": f"sqlite:///{d / 'w' / 'mlflow.db'}"}
+
+
+def _wait_group_gone(pgid: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode != 0:
+            return
+        time.sleep(0.5)
+
+
+def test_interrupted_eps_sweep_resumes_and_fills_table_a3(eps_sweep):
+    w, uri = eps_sweep["workdir"], eps_sweep["uri"]
+    assert eps_sweep["interrupted"] == -signal.SIGKILL
+    assert "resuming the sweep" in eps_sweep["out"]
+    table = {r[0]: r[1:] for r in csv.reader((w / "table_a3.csv").open())}
+    assert table["measure"] == ["eps=0", "eps=1"] and table["status"] == ["complete"] * 2
+    for key in ("standard_acc", "pgd_acc", "attack_eps", "psnr", "ssim"):
+        assert all(math.isfinite(float(v)) for v in table[key]), key
+    assert [float(v) for v in table["attack_eps"]] == [0.25, 1.0]
+    assert 5 < float(table["psnr"][0]) < 60 and 0 < float(table["ssim"][1]) <= 1
+    # LPIPS needs its backbone weights, which this machine does not have: n/a, never a number
+    assert table["lpips"] == ["", ""] and "| LPIPS ↓ | n/a | n/a |" in (w / "table_a3.md").read_text()
+    for name in ("sweep.png", "reconstructions.png", "trials.csv", "results.json"):
+        assert (w / name).stat().st_size > 0
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("arinv").experiment_id
+    parents = client.search_runs([exp], "tags.`arinv.kind` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trials = _children(client, exp, parents[0].info.run_id)
+    assert sorted(t.info.run_name for t in trials) == ["eps0", "eps1"]
+    for t in trials:
+        assert t.info.status == "FINISHED" and {"psnr", "ssim", "standard_acc",
+                                                "pgd_acc"} <= set(t.data.metrics)
+        runs = _children(client, exp, t.info.run_id)
+        assert sorted(r.info.run_name for r in runs) == [f"toy-{t.info.run_name}-encoder",
+                                                         f"toy-{t.info.run_name}-generator"]
+        enc = next(r for r in runs if r.info.run_name.endswith("encoder"))
+        # the relaunch did not train the finished trial again: each epoch logged once
+        steps = [m.step for m in client.get_metric_history(enc.info.run_id, "images")]
+        assert steps == list(range(1, ENCODER_EPOCHS + 1))
+    best = parents[0].data.tags["arinv.best_trial"]
+    best_trial = next(t for t in trials if t.info.run_name == best)
+    auto = client.get_model_version_by_alias("arinv-alexnet_small-conv5-autoencoder", "toy-best")
+    assert client.get_run(auto.run_id).data.tags["mlflow.parentRunId"] == best_trial.info.run_id
+    enc = client.get_model_version_by_alias("arinv-alexnet_small", "toy-best")
+    assert client.get_run(enc.run_id).info.run_name == f"toy-{best}-encoder"
+
+
+def test_relaunch_with_another_config_is_refused(eps_sweep):
+    r = subprocess.run([*eps_sweep["cmd"], "--set", "eps=[0.0, 2.0]"], cwd=ROOT,
+                       env=eps_sweep["env"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "toy.sweep.json" in r.stderr and "eps=[0.0, 1.0]" in r.stderr and "another" in r.stderr
+
+
+def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path, monkeypatch):
+    from pipelines.sweep import run_sweep
+    from pipelines.trainer import Launch
+
+    monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
+    uri = eps_sweep["uri"]
+    shards = eps_sweep["workdir"] / "shards" / "sample-8-4"
+    sw = load_config(SweepConfig, "tiny-sample-weights", [
+        "name=toyw", f"shards={shards}", "search.encoder=models:/arinv-alexnet_small@toy-best",
+        "search.samples=3", "search.grace_period=1", "search.seed=1",
+        "generator_set=[optim.batch_size=8, optim.epochs=3, eval_images=8, ri_steps=0, "
+        "scaling.cpus_per_worker=1]"])
+    result = run_sweep(sw, Launch(workdir=tmp_path / "w", tracking_uri=uri, progress=False))
+    rows = result["rows"]
+    assert len(rows) == 3
+    for r in rows:  # every trial ran to the end or was stopped by ASHA at a rung
+        assert r["status"] == "complete" or r["status"] in (
+            "stopped by ASHA after epoch 1", "stopped by ASHA after epoch 2"), r["status"]
+        assert 2e-5 <= r["lambda_pix"] <= 2e-3 and 1e-3 <= r["lambda_feat"] <= 1e-1
+    done = [r for r in rows if r["status"] == "complete"]
+    best = result["best"]
+    assert best["psnr"] == max(r["psnr"] for r in done)
+    preset = load_config(GeneratorTrainConfig, result["preset"])
+    assert (preset.loss.pix, preset.loss.feat) == (best["lambda_pix"], best["lambda_feat"])
+    assert preset.encoder.checkpoint == "models:/arinv-alexnet_small@toy-best"
+
+    client = mlflow.MlflowClient(uri)
+    auto = client.get_model_version_by_alias("arinv-alexnet_small-conv5-autoencoder", "toyw-best")
+    assert auto.run_id == best["generator_run"]
+    exp = client.get_experiment_by_name("arinv").experiment_id
+    trials = _children(client, exp, result["run_id"])
+    assert len(trials) == 3
+    status = {t.info.run_name: t.info.status for t in trials}
+    for r in rows:  # a stopped trial's runs do not stay RUNNING
+        assert status[r["trial"]] == ("FINISHED" if r["status"] == "complete" else "KILLED")
+    md = (tmp_path / "w" / "search.md").read_text()
+    assert all(f"| {r['trial']} |" in md for r in rows)

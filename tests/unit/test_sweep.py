@@ -1,0 +1,142 @@
+"""Sweep planning and reporting without a cluster: trial configs, validation, concurrency,
+Table A3 layout, best-trial choice, the best-weights preset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+
+from arinv.config import ConfigError, GeneratorTrainConfig, SweepConfig, load_config
+from pipelines import sweep_report
+from pipelines.sweep import (
+    alias_for,
+    eps_configs,
+    plan,
+    trial_concurrency,
+    trial_resources,
+    weights_config,
+)
+
+
+def sweep(*overrides):
+    return load_config(SweepConfig, "tiny-sample-sweep", list(overrides))
+
+
+def test_eps_trials_follow_table_a3():
+    sw = sweep("eps=[0, 1.5]")
+    enc0, _ = eps_configs(sw, 0.0)
+    assert enc0.attack is None  # eps 0 = standard training, attacked at 0.25 for the table
+    assert 0.25 in enc0.eval.pgd_eps and enc0.name == "tiny-sample-sweep-eps0-encoder"
+    enc, gen = eps_configs(sw, 1.5)
+    assert enc.attack.eps == 1.5 and enc.attack.effective_step_size == pytest.approx(0.3)
+    assert 1.5 in enc.eval.pgd_eps
+    assert gen.encoder.checkpoint is None and gen.loss.gan == 0 and gen.loss.pix > 0
+    assert gen.name == "tiny-sample-sweep-eps1.5-generator"
+    assert sw.attack_eps(0.0) == 0.25 and sw.attack_eps(2.0) == 2.0
+    assert len(plan(sw)) == 2
+
+
+@pytest.mark.parametrize("override, field", [
+    ("eps=[0, 0]", "eps"), ("eps=[-1]", "eps"), ("select=fid", "select"),
+    ("max_concurrent=0", "max_concurrent"), ("name=a/b", "name"),
+    ("standard_attack_eps=0", "standard_attack_eps"),
+    ("search.pix=[1.0e-3]", "search.pix"), ("search.pix=[1.0, 0.1]", "search.pix"),
+    ("search.metric=fid", "search.metric"),
+])
+def test_bad_sweep_fields_are_named(override, field):
+    extra = ["search.encoder=models:/x@y", "search.feat=[0.01, 0.1]"] if field.startswith(
+        "search") else []
+    with pytest.raises(ConfigError, match=field.split(".")[-1]):
+        sweep(*extra, override)
+
+
+def test_trial_config_errors_name_the_sweep_field():
+    with pytest.raises(ConfigError, match="(?s)encoder_set.*optim.epochs"):
+        plan(sweep("encoder_set=[optim.epochs=0]"))
+    with pytest.raises(ConfigError, match="trains without an attack"):
+        plan(sweep("encoder=tiny-sample-standard"))
+    with pytest.raises(ConfigError, match="inverts a resnet18_cifar encoder"):
+        plan(sweep("generator=resnet18-cifar10-layer4", "shards=s3://bucket/c10"))
+
+
+def test_weight_search_configs():
+    sw = sweep("search.encoder=models:/arinv-alexnet_small@best", "search.pix=[1.0e-5, 1.0e-3]",
+               "search.feat=[0.01, 0.01]", "search.grace_period=2")
+    gen = weights_config(sw, {"pix": 3e-4, "feat": 0.01}, "t1")
+    assert (gen.loss.pix, gen.loss.feat, gen.eval_every) == (3e-4, 0.01, 1)
+    assert gen.encoder.checkpoint == "models:/arinv-alexnet_small@best"
+    assert len(plan(sw)) == 2  # both corners of the space validate
+    with pytest.raises(ConfigError, match="discriminator"):  # gan > 0 needs a discriminator
+        plan(sweep("search.encoder=models:/m@a", "search.gan=[1.0, 10.0]"))
+    with pytest.raises(ConfigError, match="grace_period"):
+        plan(sweep("search.encoder=models:/m@a", "search.pix=[1.0e-5, 1.0e-3]",
+                   "search.grace_period=15"))
+    with pytest.raises(ConfigError, match="search.encoder"):
+        sweep("search.pix=[1.0e-5, 1.0e-3]")
+
+
+def test_concurrency_follows_the_resources_per_trial():
+    sw = sweep("encoder_set=[scaling.num_workers=2, scaling.cpus_per_worker=3]")
+    need = trial_resources(plan(sw))
+    assert need == {"CPU": 7.0}  # the larger run's workers + one CPU for its data stream
+    assert trial_concurrency({"CPU": 16.0}, need) == 2
+    assert trial_concurrency({"CPU": 4.0}, need) == 1  # never zero: trials queue
+    assert trial_concurrency({"CPU": 64.0, "GPU": 3.0}, {"CPU": 9.0, "GPU": 1.0}) == 3
+
+
+def test_alias():
+    assert alias_for(sweep("name=my.sweep"), None) == "my_sweep-best"
+    for bad in ("latest", "v3", "a b"):
+        with pytest.raises(ConfigError, match="alias"):
+            alias_for(sweep(), bad)
+
+
+def rows():
+    base = {"attack_eps": 0.25, "status": "complete", "epochs": 2}
+    return [
+        {**base, "trial": "eps1", "eps": 1.0, "attack_eps": 1.0, "standard_acc": 0.81,
+         "pgd_acc": 0.52, "psnr": 19.2, "ssim": 0.54, "lpips": 0.48},
+        {**base, "trial": "eps0", "eps": 0.0, "standard_acc": 0.9493, "pgd_acc": 0.2829,
+         "psnr": 14.7, "ssim": 0.30, "lpips": math.nan},
+        {**base, "trial": "eps2", "eps": 2.0, "attack_eps": 2.0, "standard_acc": math.nan,
+         "pgd_acc": math.nan, "psnr": 25.0, "ssim": math.nan, "lpips": math.nan,
+         "status": "failed: worker died"},
+    ]
+
+
+def test_table_a3_layout():
+    md, table = sweep_report.table_a3(rows())
+    lines = md.splitlines()
+    assert lines[0] == "| | ε = 0 | ε = 1 | ε = 2 |"
+    assert lines[2] == "| Standard accuracy (%) | 94.93 | 81.00 | n/a |"
+    assert lines[4] == "| attacked at ε | 0.25 | 1 | 2 |"
+    assert lines[-1] == "| trial | complete | complete | failed: worker died |"
+    parsed = list(csv.reader(io.StringIO(table)))
+    assert parsed[0] == ["measure", "eps=0", "eps=1", "eps=2"]
+    by = {r[0]: r[1:] for r in parsed[1:]}
+    assert float(by["psnr"][0]) == 14.7 and by["lpips"] == ["", "0.48", ""]
+
+
+def test_best_ignores_unfinished_trials_and_follows_the_metric():
+    assert sweep_report.best(sweep(), rows())["trial"] == "eps1"  # eps2 failed
+    assert sweep_report.best(sweep("select=lpips"), rows())["trial"] == "eps1"
+    none = [{**r, "status": "stopped by ASHA after epoch 1"} for r in rows()]
+    assert sweep_report.best(sweep(), none) is None
+
+
+def test_best_weights_preset_round_trips(tmp_path):
+    sw = sweep("search.encoder=models:/m@a", "search.pix=[1.0e-5, 1.0e-3]",
+               "search.feat=[0.001, 0.1]", "generator_set=[optim.epochs=3]",
+               f"search.preset_out={tmp_path / 'best.yaml'}")
+    row = {"trial": "abc_00001", "lambda_pix": 3.3e-4, "lambda_feat": 0.02, "psnr": 12.0,
+           "ssim": 0.4, "lpips": math.nan, "epochs": 3, "status": "complete"}
+    path = sweep_report.write_preset(sw, row, tmp_path)
+    cfg = load_config(GeneratorTrainConfig, str(path))
+    assert (cfg.loss.pix, cfg.loss.feat, cfg.optim.epochs) == (3.3e-4, 0.02, 3)
+    assert cfg.encoder.checkpoint == "models:/m@a" and cfg.name == "tiny-sample-sweep-best"
+    md = sweep_report.search_table([row, {**row, "trial": "x", "psnr": 13.0,
+                                          "status": "stopped by ASHA after epoch 1"}], "psnr")
+    assert md.splitlines()[2].startswith("| x |")  # best metric first, whatever its status
