@@ -156,3 +156,45 @@ def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path
         assert status[r["trial"]] == ("FINISHED" if r["status"] == "complete" else "KILLED")
     md = (tmp_path / "w" / "search.md").read_text()
     assert all(f"| {r['trial']} |" in md for r in rows)
+
+
+def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(eps_sweep, tmp_path,
+                                                                    monkeypatch):
+    import threading
+
+    import torch
+
+    from pipelines.sweep import run_sweep
+    from pipelines.trainer import Launch
+
+    monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
+    shards = eps_sweep["workdir"] / "shards" / "sample-8-4"
+    sw = load_config(SweepConfig, str(eps_sweep["dir"] / "toy.yaml"), [
+        "name=toyr", "eps=[1.0]", f"shards={shards}", "max_failures=1",
+        "encoder_set=[data.train_per_class=8, optim.batch_size=8, eval.pgd_steps=2, "
+        "eval.max_images=16, eval.epoch_images=8, eval.every=0, scaling.cpus_per_worker=1, "
+        "optim.epochs=4, attack.steps=2]", "generator_set=[optim.batch_size=8, optim.epochs=1, "
+        "eval_images=8, ri_steps=0, scaling.cpus_per_worker=1]"])
+    run = Launch(workdir=tmp_path / "w", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 progress=False, register=False)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=run_sweep(sw, run)), daemon=True)
+    t.start()
+    ckpts = tmp_path / "w" / "ray" / "toyr-eps1-encoder"
+    deadline = time.time() + 300
+    while not list(ckpts.glob("checkpoint_*/state.pt")):
+        assert t.is_alive() and time.time() < deadline, "no encoder checkpoint"
+        time.sleep(0.5)
+    trial_pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True,
+                                text=True, check=False).stdout.split()
+    assert len(trial_pids) == 1
+    os.kill(int(trial_pids[0]), signal.SIGKILL)  # the trial's process, its Train runs with it
+    t.join(600)
+    assert "r" in box, "the sweep did not finish after its trial died"
+    (row,) = box["r"]["rows"]
+    assert row["status"] == "complete"
+    state = torch.load(row["encoder_checkpoint"], weights_only=False)
+    assert [h["epoch"] for h in state["progress"]["history"]] == [1, 2, 3, 4]
+    client = mlflow.MlflowClient(run.tracking_uri)
+    steps = [m.step for m in client.get_metric_history(row["encoder_run"], "images")]
+    assert len(steps) == len(set(steps)) and steps[-1] == 4  # resumed: no epoch trained twice
