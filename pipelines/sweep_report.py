@@ -98,7 +98,11 @@ def write(workdir: Path, sw: SweepConfig, rows: list, tracking_uri: str) -> dict
             f"Encoder preset `{sw.encoder}`, generator preset `{sw.generator}`. Accuracies on "
             "held-out images; PGD at the radius in the third row.\n\n" + md
             + f"\n![PSNR, SSIM, LPIPS and accuracies against ε]({PLOT})\n\n"
-            f"![held-out reconstructions, one row per ε]({GRIDS})\n")
+            f"![held-out reconstructions, one block per ε]({GRIDS})\n\n"
+            "Each block of the reconstructions: held-out inputs, the generator's reconstructions"
+            " and, when the generator preset sets ri_steps, the RI baseline (optimisation from "
+            "noise). The inputs shown can differ between trials (the held-out stream's order is "
+            "not fixed); the metrics cover the same held-out images.\n")
         files += [workdir / TABLE_MD, workdir / TABLE_CSV]
         _plot_eps(workdir / PLOT, rows)
     else:

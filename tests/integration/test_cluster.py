@@ -95,3 +95,51 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
         "tags.`arinv.kind` = 'report'")[0]
     assert {a.path for a in client.list_artifacts(report_run.info.run_id)} >= {
         "report.md", "reconstructions.png", "robustness.png"}
+
+
+def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow_server,
+                                                             tmp_path, monkeypatch):
+    """A Table A3 sweep as a cluster runs it: Tune experiment and Ray Train checkpoints on S3
+    (the generator reads its encoder from there), runs and registry on the MLflow server."""
+    from ray.cluster_utils import Cluster
+
+    from arinv.config import SweepConfig, load_config
+    from arinv.data import storage
+    from pipelines.sweep import run_sweep
+    from pipelines.trainer import Launch, write_sample_shards
+
+    local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
+    shards = s3_prefix + "shards"
+    for split in ("train", "val"):
+        storage.upload_dir(local / split, f"{shards}/{split}")
+    monkeypatch.setenv("ARINV_CACHE_DIR", str(tmp_path / "shard-cache"))
+    monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "models"))
+    sw = load_config(SweepConfig, "tiny-sample-sweep", [
+        "name=s3sweep", "eps=[1.0]", f"shards={shards}",
+        "encoder_set=[data.train_per_class=8, optim.batch_size=8, optim.epochs=1, attack.steps=2,"
+        " eval.pgd_steps=2, eval.max_images=16, eval.every=0, scaling.cpus_per_worker=1]",
+        "generator_set=[optim.batch_size=8, optim.epochs=1, eval_images=8, ri_steps=0, "
+        "scaling.cpus_per_worker=1]"])
+    run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "runs",
+                 tracking_uri=mlflow_server.uri, experiment="sweeps", progress=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        r = run_sweep(sw, run)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    (row,) = r["rows"]
+    assert row["status"] == "complete" and np.isfinite(row["psnr"])
+    assert row["encoder_checkpoint"].startswith(s3_prefix + "runs/s3sweep-eps1-encoder/")
+    keys = storage.list_prefix(s3_prefix + "runs/")
+    assert any("/s3sweep/" in k for k in keys)  # the Tune experiment, restorable from S3
+    assert storage.exists(s3_prefix + "runs/s3sweep.sweep.json")
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    trials = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{r['run_id']}'")
+    assert [t.info.run_name for t in trials] == ["eps1"]
+    mv = client.get_model_version_by_alias("arinv-alexnet_small-conv5-autoencoder",
+                                           "s3sweep-best")
+    assert mv.status == "READY" and mv.run_id == row["generator_run"]
