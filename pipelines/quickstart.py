@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 from arinv.config import ConfigError, EncoderTrainConfig, GeneratorTrainConfig, load_config
-
-from pipelines.trainer import Launch, write_sample_shards
+from pipelines.trainer import Launch, own_local_ray, write_sample_shards
 
 ENCODERS = {"standard": "tiny-sample-standard", "robust": "tiny-sample-robust"}
 GENERATOR = "tiny-sample-generator"
@@ -65,18 +64,12 @@ def configs(overrides: list[str], shards: str | None) -> tuple[dict, dict]:
 def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool = True,
                    address: str | None = None, tracking_uri: str | None = None,
                    shards: str | None = None) -> dict:
-    import ray
-
     workdir = Path(workdir).expanduser().resolve()
     bundled = shards is None  # the bundled photographs, written as shards by _run
     shards = str(workdir / "shards") if bundled else shards
     encs, gens = configs(list(overrides), shards)  # every config checked before any work
-    ours = not ray.is_initialized()  # a local cluster the pipelines start is shut down at the end
-    try:
+    with own_local_ray():  # a local cluster the pipelines start is shut down at the end
         return _run(workdir, encs, gens, progress, address, tracking_uri, bundled)
-    finally:
-        if ours and ray.is_initialized():
-            ray.shutdown()
 
 
 def _run(workdir: Path, encs: dict, gens: dict, progress: bool, address: str | None,

@@ -18,8 +18,14 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.tracking import (_REJECTED, KIND_TAG, _explain_unreachable, use_tracking_uri,
-                                _safe, _short)
+from pipelines.tracking import (
+    _REJECTED,
+    KIND_TAG,
+    _explain_unreachable,
+    _safe,
+    _short,
+    use_tracking_uri,
+)
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 def register_encoder(tracking_uri: str, run_id: str, checkpoint, *, name: str, alias: str):
@@ -174,9 +180,9 @@ def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     if part not in ("encoder", "generator"):
         raise ValueError(f"part={part!r}: use 'encoder' or 'generator'")
-    root = Path(cache_dir or os.environ.get("ARINV_MODEL_CACHE")
-                or Path.home() / ".cache" / "arinv" / "models")
-    root = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]
+    from pipelines.trainer import model_cache_dir
+
+    root = model_cache_dir(cache_dir) / hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]
     with (_explain_unreachable(tracking_uri, f"fetching {model_uri}"),
           use_tracking_uri(tracking_uri)):
         source, key = _resolve(model_uri, tracking_uri)

@@ -58,6 +58,16 @@ RELAUNCH_FREE = ("max_concurrent", "max_failures", "select")  # may change on a 
 # ----------------------------------------------------------------------------- trial configs
 
 
+def eps_trial(eps: float) -> str:
+    """An eps trial's name (a search trial is named by its Tune trial id)."""
+    return f"eps{float(eps):g}"
+
+
+def run_name(sw: SweepConfig, trial: str, kind: str) -> str:
+    """The Ray Train run (and its config's name) of a trial's encoder or generator."""
+    return f"{sw.name}-{trial}-{kind}"
+
+
 def _load(cls, preset: str, overrides: list[str], where: str):
     try:
         return load_config(cls, preset, overrides)
@@ -84,12 +94,12 @@ def eps_configs(sw: SweepConfig, eps: float) -> tuple[EncoderTrainConfig, Genera
                           "attack.eps each trial sets")
     radius = sw.attack_eps(eps)
     enc = dataclasses.replace(
-        enc, name=f"{sw.name}-eps{eps:g}-encoder",
+        enc, name=run_name(sw, eps_trial(eps), "encoder"),
         attack=dataclasses.replace(enc.attack, eps=eps) if eps > 0 else None,
         eval=dataclasses.replace(enc.eval, pgd_eps=sorted({*enc.eval.pgd_eps, radius})))
     gen = _load(GeneratorTrainConfig, sw.generator, [*shards, *sw.generator_set],
                 "generator_set")
-    gen = dataclasses.replace(gen, name=f"{sw.name}-eps{eps:g}-generator",
+    gen = dataclasses.replace(gen, name=run_name(sw, eps_trial(eps), "generator"),
                               encoder=dataclasses.replace(gen.encoder, checkpoint=None))
     if gen.encoder.name != enc.model.name:
         raise ConfigError(f"sweep generator: preset {sw.generator!r} inverts a "
@@ -105,7 +115,7 @@ def weights_config(sw: SweepConfig, weights: dict, trial: str = "search") -> Gen
     gen = _load(GeneratorTrainConfig, sw.generator, [*shards, *sw.generator_set],
                 "generator_set")
     gen = dataclasses.replace(
-        gen, name=f"{sw.name}-{trial}-generator", eval_every=1,
+        gen, name=run_name(sw, trial, "generator"), eval_every=1,
         encoder=dataclasses.replace(gen.encoder, checkpoint=sw.search.encoder),
         loss=dataclasses.replace(gen.loss, **{k: float(v) for k, v in weights.items()}))
     return _checked(gen, f"search ({', '.join(f'{k}={v:g}' for k, v in weights.items())})")
@@ -182,7 +192,7 @@ def trial(config: dict) -> None:
 
     ctx = config["ctx"]
     sw = build(SweepConfig, ctx["sweep"])
-    name = f"eps{float(config['eps']):g}" if sw.search is None else \
+    name = eps_trial(config["eps"]) if sw.search is None else \
         ray.tune.get_context().get_trial_id()
     uri, exp = ctx["tracking_uri"], ctx["experiment"]
     run_id = tracking.find_or_create_run(
@@ -191,7 +201,7 @@ def trial(config: dict) -> None:
     workdir = Path(ctx["workdir"]) / "trials" / name
 
     def launch(kind: str) -> Launch:
-        return Launch(workdir=workdir / kind, run_name=f"{sw.name}-{name}-{kind}",
+        return Launch(workdir=workdir / kind, run_name=run_name(sw, name, kind),
                       storage_path=ctx["storage"], tracking_uri=uri, experiment=exp,
                       register=False, model_cache=ctx["model_cache"], progress=False,
                       extra_tags={PARENT: run_id, "arinv.sweep": sw.name},
@@ -241,11 +251,10 @@ def _nan(v) -> float:
 def run_sweep(sw: SweepConfig, run: Launch) -> dict:
     """Run (or resume) the sweep; write its tables and plots under ``run.workdir``, log them to
     the sweep's MLflow run and register the best pair. Returns rows, best row and paths."""
-    import ray
-
-    from pipelines.trainer import init_ray, shard_sets
+    from pipelines.trainer import init_ray, own_local_ray, shard_sets
 
     cfgs = plan(sw)  # every trial's config checked before any work
+    run = dataclasses.replace(run, model_cache=run.model_cache or str(run.workdir / "model-cache"))
     alias = alias_for(sw, run.alias) if run.register else None
     if storage.is_s3(run.storage_path):
         storage.check_access(run.storage_path, write=True)
@@ -253,17 +262,13 @@ def run_sweep(sw: SweepConfig, run: Launch) -> dict:
     if sw.search is not None:  # an unknown registry URI or missing file fails here
         from pipelines.train_generator import encoder_file
 
-        encoder_file(cfgs[0], run.tracking(), run.model_cache or str(run.workdir / "model-cache"))
+        encoder_file(cfgs[0], run.tracking(), run.model_cache)
     first = cfgs[0][0] if isinstance(cfgs[0], tuple) else cfgs[0]
     if sw.shards is None:  # the bundled sample set (written before Ray starts)
         sw = dataclasses.replace(sw, shards=shard_sets(first, run))
-    ours = not ray.is_initialized()
-    init_ray(run.address, first.scaling, runs=sw.max_concurrent or 1)
-    try:
+    with own_local_ray():
+        init_ray(run.address, first.scaling, runs=sw.max_concurrent or 1)
         return _fit(sw, run, cfgs, alias)
-    finally:
-        if ours and ray.is_initialized():
-            ray.shutdown()
 
 
 def _fit(sw: SweepConfig, run: Launch, cfgs: list, alias: str | None) -> dict:
@@ -282,8 +287,7 @@ def _fit(sw: SweepConfig, run: Launch, cfgs: list, alias: str | None) -> dict:
           f"trials, {concurrency} at a time (each needs {need}); MLflow run {parent}")
     ctx = {"sweep": to_dict(sw), "key": run.run_key(sw.name), "parent": parent,
            "workdir": str(run.workdir), "storage": run.storage_path, "tracking_uri": uri,
-           "experiment": run.experiment,
-           "model_cache": run.model_cache or str(run.workdir / "model-cache")}
+           "experiment": run.experiment, "model_cache": run.model_cache}
     try:
         grid = _tuner(sw, run, ctx, concurrency).fit()
     except BaseException as e:
@@ -353,7 +357,7 @@ def _row(sw: SweepConfig, result) -> dict:
     if m.get("trial_complete"):  # the trial's own row, without Tune's bookkeeping
         return {**{k: v for k, v in m.items() if k in ROW_KEYS or k.startswith("lambda_")},
                 "status": "complete"}
-    row = {"trial": (f"eps{float(cfg['eps']):g}" if sw.search is None else m.get("trial_id")),
+    row = {"trial": eps_trial(cfg["eps"]) if sw.search is None else m.get("trial_id"),
            "psnr": _nan(m.get("val_psnr")), "ssim": _nan(m.get("val_ssim")),
            "lpips": _nan(m.get("val_lpips")), "epochs": int(m.get("epoch", 0))}
     if sw.search is None:
@@ -377,7 +381,7 @@ def _close_unfinished(uri: str, run: Launch, sw: SweepConfig, rows: list) -> Non
             continue
         status = "FAILED" if row["status"].startswith("failed") else "KILLED"
         keys = [f"{run.run_key(sw.name)}/{row['trial']}"] + [
-            run.run_key(f"{sw.name}-{row['trial']}-{kind}") for kind in ("encoder", "generator")]
+            run.run_key(run_name(sw, row["trial"], kind)) for kind in ("encoder", "generator")]
         for key in keys:
             run_id = tracking.find_run(uri, run.experiment, key)
             if run_id:
@@ -439,14 +443,14 @@ def _check_relaunch(sw: SweepConfig, run: Launch) -> None:
                               "with the same config to resume it, or give the sweep another "
                               "name (--set name=...)")
         return
+    text = json.dumps(mine, indent=2, default=str)
+    if not storage.is_s3(uri):
+        storage.local_path(uri).parent.mkdir(parents=True, exist_ok=True)
+        storage.local_path(uri).write_text(text)
+        return
     with tempfile.TemporaryDirectory() as d:
-        local = Path(d) / "sweep.json"
-        local.write_text(json.dumps(mine, indent=2, default=str))
-        if storage.is_s3(uri):
-            storage.upload_file(local, uri)
-        else:
-            storage.local_path(uri).parent.mkdir(parents=True, exist_ok=True)
-            storage.local_path(uri).write_text(local.read_text())
+        (Path(d) / "sweep.json").write_text(text)
+        storage.upload_file(Path(d) / "sweep.json", uri)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,17 +170,36 @@ def data_config():
     return ExactlyOnce(datasets_to_split=["train"])
 
 
+def model_cache_dir(cache: str | os.PathLike | None = None) -> Path:
+    """Where fetched models and stored checkpoints are kept: ``cache``, else
+    $ARINV_MODEL_CACHE, else ~/.cache/arinv/models."""
+    return Path(cache or os.environ.get("ARINV_MODEL_CACHE")
+                or Path.home() / ".cache" / "arinv" / "models")
+
+
+@contextlib.contextmanager
+def own_local_ray():
+    """Shut down, on exit, a Ray that was not running on entry (the local cluster a pipeline
+    started); a cluster the caller connected to stays up."""
+    import ray
+
+    ours = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if ours and ray.is_initialized():
+            ray.shutdown()
+
+
 def stored_file(uri: str, cache: str | None = None) -> Path:
-    """A local path for a file in run storage: itself if local, else a copy under ``cache``
-    (default $ARINV_MODEL_CACHE or ~/.cache/arinv/models), made once (stored checkpoints never
-    change)."""
+    """A local path for a file in run storage: itself if local, else a copy under
+    :func:`model_cache_dir`, made once (stored checkpoints never change)."""
     import hashlib
 
     if not storage.is_s3(uri):
         return storage.local_path(uri)
-    root = Path(cache or os.environ.get("ARINV_MODEL_CACHE")
-                or Path.home() / ".cache" / "arinv" / "models")
-    local = root / "stored" / hashlib.sha1(uri.encode()).hexdigest()[:16] / Path(uri).name
+    local = (model_cache_dir(cache) / "stored" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+             / Path(uri).name)
     if not local.is_file():
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_suffix(f".{os.getpid()}.part")

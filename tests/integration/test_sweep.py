@@ -119,6 +119,22 @@ def test_relaunch_with_another_config_is_refused(eps_sweep):
     assert "toy.sweep.json" in r.stderr and "eps=[0.0, 1.0]" in r.stderr and "another" in r.stderr
 
 
+def test_relaunching_a_finished_sweep_reruns_and_registers_nothing(eps_sweep):
+    client = mlflow.MlflowClient(eps_sweep["uri"])
+
+    def versions():
+        return {m: len(client.search_model_versions(f"name='{m}'")) for m in
+                ("arinv-alexnet_small", "arinv-alexnet_small-conv5-autoencoder")}
+
+    before = versions()
+    r = subprocess.run(eps_sweep["cmd"], cwd=ROOT, env=eps_sweep["env"], capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming the sweep" in r.stdout and "best trial" in r.stdout
+    assert "Started training worker group" not in r.stdout + r.stderr  # no Ray Train run
+    assert versions() == before
+
+
 def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path, monkeypatch):
     from pipelines.sweep import run_sweep
     from pipelines.trainer import Launch
