@@ -9,6 +9,7 @@ Shards on S3 are fetched into a node-local, size-bounded, checksum-verified cach
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -23,8 +24,9 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from arinv.data import storage
-from arinv.data.beton import BetonReader, decode
+from arinv.data.beton import BetonError, BetonReader
 from arinv.data.shards import MANIFEST, ShardError, read_manifest, verify_shards
+from arinv.data.transforms import decode_crops
 
 DEFAULT_CACHE = os.environ.get("ARINV_CACHE_DIR", "/tmp/arinv-shard-cache")
 DEFAULT_CACHE_BYTES = int(float(os.environ.get("ARINV_CACHE_BYTES", 50e9)))
@@ -77,7 +79,7 @@ def _read_chunk(uri, shard, cache, start, stop, base):
 class BetonDatasource(Datasource):
     """One read task per ``rows_per_task`` consecutive samples of a shard."""
 
-    def __init__(self, uri: str, manifest: dict, *, rows_per_task: int = 256,
+    def __init__(self, uri: str, manifest: dict, *, rows_per_task: int = 512,
                  cache: tuple[str, int] = (DEFAULT_CACHE, DEFAULT_CACHE_BYTES),
                  shuffle: bool = False):
         self.uri, self.manifest, self.rows_per_task = uri, manifest, rows_per_task
@@ -106,75 +108,23 @@ class BetonDatasource(Datasource):
         return tasks
 
 
-def _crop_box(w: int, h: int, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision's RandomResizedCrop box (left, top, width, height) for a w x h image."""
-    for _ in range(10):
-        area = h * w * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
-    side = min(h, w)  # fall back to the centre square, as torchvision does
-    return (w - side) // 2, (h - side) // 2, side, side
-
-
-def _decode_at_least(payload, mode, w, h, need_w, need_h):
-    """Decode, letting libjpeg scale by 1/2, 1/4 or 1/8 in the DCT domain while the image stays
-    at least ``need_w`` x ``need_h`` (as ffcv does): returns (RGB image, scale factor)."""
-    import cv2
-
-    for s, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                    (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if mode == 0 and w / s >= need_w and h / s >= need_h:
-            img = cv2.imdecode(np.frombuffer(payload, np.uint8), flag)
-            if img is not None:
-                return img[..., ::-1], s  # BGR -> RGB (a view; copied by the resize)
-    return decode(payload, int(mode), int(w), int(h)), 1
-
-
-def _train_crop(payload, mode, w, h, resolution, rng, scale=(0.08, 1.0)):
-    import cv2
-
-    left, top, cw, ch = _crop_box(w, h, rng, scale)
-    img, s = _decode_at_least(payload, mode, w, h, w * resolution / cw, h * resolution / ch)
-    img = img[top // s:(top + ch) // s, left // s:(left + cw) // s]
-    interp = cv2.INTER_AREA if img.shape[0] > resolution else cv2.INTER_LINEAR
-    img = cv2.resize(np.ascontiguousarray(img), (resolution, resolution), interpolation=interp)
-    return img[:, ::-1] if rng.random() < 0.5 else img
-
-
-def _eval_crop(payload, mode, w, h, resolution, crop_ratio=224 / 256):
-    import cv2
-
-    short = round(resolution / crop_ratio)
-    nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
-    img, _ = _decode_at_least(payload, mode, w, h, nw, nh)
-    interp = cv2.INTER_AREA if img.shape[0] > nh else cv2.INTER_LINEAR
-    img = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
-    top, left = (nh - resolution) // 2, (nw - resolution) // 2
-    return img[top:top + resolution, left:left + resolution]
-
-
 def decode_batch(batch: dict, *, split_transform: str, resolution: int,
                  crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
-    """Decode + crop a batch of rows: random-resized-crop + flip ("train") or resize + centre
-    crop ("eval"); uint8 NCHW out."""
-    import cv2
-
-    cv2.setNumThreads(1)  # one Ray task per core already; cv2's own threads only contend
-    rng = np.random.default_rng()
-    out = np.empty((len(batch["label"]), 3, resolution, resolution), np.uint8)
-    for i, row in enumerate(zip(batch["payload"], batch["mode"], batch["width"], batch["height"])):
-        p, m, w, h = row[0], int(row[1]), int(row[2]), int(row[3])
-        img = (_train_crop(p, m, w, h, resolution, rng, crop_scale) if split_transform == "train"
-               else _eval_crop(p, m, w, h, resolution))
-        out[i] = img.transpose(2, 0, 1)
-    return {"image": out, "label": batch["label"].astype(np.int64),
+    """The map stage: decode + crop a batch of rows (``arinv.data.transforms.decode_crops``):
+    random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out."""
+    try:
+        images = decode_crops(batch["payload"], batch["mode"], batch["width"], batch["height"],
+                              split_transform=split_transform, resolution=resolution,
+                              crop_scale=crop_scale)
+    except BetonError as e:
+        raise ShardError(f"{e}; the shard's checksum matched its manifest, so the writer stored "
+                         "it: rewrite the shard set with 'arinv data write'") from None
+    return {"image": images, "label": batch["label"].astype(np.int64),
             "index": batch["index"].astype(np.int64)}
 
 
 def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 224,
-                rows_per_task: int = 256, decode_batch_size: int | None = None,
+                rows_per_task: int = 512, decode_batch_size: int | None = None,
                 cache_dir: str = DEFAULT_CACHE, cache_bytes: int = DEFAULT_CACHE_BYTES,
                 verify: str = "size", runtime_env: dict | None = None,
                 num_cpus: float | None = None,
@@ -201,10 +151,6 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     manifest = load_manifest(uri)
     if verify == "sha256" and not storage.is_s3(uri):
         verify_shards(uri)
-    # Ray Data's per-operator resource reservation keeps half the CPUs for operators this
-    # pipeline does not have (it is one fused read + decode operator): measured on 2 cores,
-    # it ran one decode task at a time (1,873 img/s) instead of two (3,299 img/s).
-    DataContext.get_current().op_resource_reservation_enabled = False
     source = BetonDatasource(uri, manifest, rows_per_task=rows_per_task,
                              cache=(cache_dir, cache_bytes),
                              shuffle=split_transform == "train" if shuffle is None else shuffle)
@@ -214,7 +160,25 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     # One block per read task: with Ray's default block count it splits each task's output
     # (SplitBlocks), which also stops it fusing the decode stage into the read.
     blocks = sum(math.ceil(s["num_samples"] / rows_per_task) for s in manifest["shards"])
-    return read_datasource(source, override_num_blocks=blocks, **env).map_batches(
-        decode_batch, batch_size=decode_batch_size, batch_format="numpy",
-        fn_kwargs={"split_transform": split_transform, "resolution": resolution,
-                   "crop_scale": tuple(crop_scale)}, **env)
+    with _dataset_context():
+        return read_datasource(source, override_num_blocks=blocks, **env).map_batches(
+            decode_batch, batch_size=decode_batch_size, batch_format="numpy",
+            fn_kwargs={"split_transform": split_transform, "resolution": resolution,
+                       "crop_scale": tuple(crop_scale)}, **env)
+
+
+@contextlib.contextmanager
+def _dataset_context():
+    """Settings for the datasets created inside (each copies the current DataContext when it is
+    created), restored afterwards so that the caller's other datasets keep theirs.
+
+    Ray Data's per-operator resource reservation keeps half the CPUs for operators this pipeline
+    does not have (it is one fused read + decode operator): measured on 2 cores, it ran one
+    decode task at a time (1,873 img/s) instead of two (3,299 img/s)."""
+    ctx = DataContext.get_current()
+    saved = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        ctx.op_resource_reservation_enabled = saved

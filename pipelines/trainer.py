@@ -136,9 +136,9 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
         local_shards(f"{root}/train")  # checked on the driver's node; each worker checks its own
         return {"val": val}
     # Ray splits the stream between workers by blocks (one per read task): small sets get
-    # small tasks, so that every worker gets some (ImageNet-sized ones keep 256-row tasks).
+    # small tasks, so that every worker gets some (ImageNet-sized ones keep 512-row tasks).
     n = manifests["train"]["num_samples"]
-    rows = max(1, min(256, n // (4 * cfg.scaling.num_workers)))
+    rows = max(1, min(512, n // (4 * cfg.scaling.num_workers)))
     train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
                         resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),
                         rows_per_task=rows)

@@ -311,7 +311,7 @@ def _coalesce(ptrs: np.ndarray, sizes: np.ndarray,
 
 
 def decode(payload: bytes, mode: int, width: int, height: int) -> np.ndarray:
-    """A sample's payload as uint8 height x width x 3 RGB (OpenCV's libjpeg-turbo for JPEG)."""
+    """A sample's payload as uint8 height x width x 3 RGB (libjpeg-turbo for JPEG: ``jpeg``)."""
     if mode == RAW:
         pixels = np.frombuffer(payload, np.uint8)
         if pixels.size != width * height * 3:
@@ -319,15 +319,12 @@ def decode(payload: bytes, mode: int, width: int, height: int) -> np.ndarray:
         return pixels.reshape(height, width, 3).copy()
     if mode != JPEG:
         raise BetonError(f"unknown image mode {mode}")
-    import cv2
+    from .jpeg import JpegError, decode_jpeg
 
-    buf = np.frombuffer(payload, np.uint8)
-    if hasattr(cv2, "IMREAD_COLOR_RGB"):  # OpenCV >= 4.10 decodes straight to RGB
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
-    else:
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        image = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image is None or image.shape != (height, width, 3):
-        got = "nothing" if image is None else f"{image.shape}"
-        raise BetonError(f"JPEG payload decoded to {got}, expected ({height}, {width}, 3)")
-    return image
+    try:
+        image = decode_jpeg(payload)
+    except JpegError as e:
+        raise BetonError(f"JPEG payload: {e}") from None
+    if image.shape != (height, width, 3):
+        raise BetonError(f"JPEG payload decoded to {image.shape}, expected ({height}, {width}, 3)")
+    return np.ascontiguousarray(image)
