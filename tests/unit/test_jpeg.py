@@ -89,3 +89,16 @@ def test_opencv_fallback_decodes_the_same_image(monkeypatch):
         monkeypatch.delenv("ARINV_JPEG_DECODER")
         jpeg._library.cache_clear()
     assert jpeg.backend().startswith("turbojpeg")
+
+
+def test_a_missing_library_warns_and_falls_back_to_opencv(monkeypatch):
+    monkeypatch.setattr(jpeg, "_candidates", lambda: ["/nonexistent/libturbojpeg.so.0"])
+    jpeg._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="libturbojpeg not found.*ARINV_TURBOJPEG"):
+            assert jpeg.backend() == "opencv"
+        assert jpeg.decode_jpeg(_jpeg()).shape == (75, 101, 3)
+    finally:
+        monkeypatch.undo()
+        jpeg._library.cache_clear()
+    assert jpeg.backend().startswith("turbojpeg")
