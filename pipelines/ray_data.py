@@ -26,7 +26,6 @@ from ray.data.datasource import Datasource, ReadTask
 from arinv.data import storage
 from arinv.data.beton import BetonError, BetonReader
 from arinv.data.shards import MANIFEST, ShardError, read_manifest, verify_shards
-from arinv.data.transforms import decode_crops
 
 DEFAULT_CACHE = os.environ.get("ARINV_CACHE_DIR", "/tmp/arinv-shard-cache")
 DEFAULT_CACHE_BYTES = int(float(os.environ.get("ARINV_CACHE_BYTES", 50e9)))
@@ -112,6 +111,8 @@ def decode_batch(batch: dict, *, split_transform: str, resolution: int,
                  crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
     """The map stage: decode + crop a batch of rows (``arinv.data.transforms.decode_crops``):
     random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out."""
+    from arinv.data.transforms import decode_crops  # imports torch: only where tasks decode
+
     try:
         images = decode_crops(batch["payload"], batch["mode"], batch["width"], batch["height"],
                               split_transform=split_transform, resolution=resolution,

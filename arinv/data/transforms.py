@@ -9,19 +9,24 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 EVAL_CROP_RATIO = 224 / 256
 
 
-def train_transform(resolution: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
+# torchvision is imported where it is used: Ray's decode workers import this module and need
+# only torch (torchvision's import costs them about a second each on a 2-core VM).
+def train_transform(resolution: int, scale: tuple[float, float] = (0.08, 1.0)):
     """Random-resized-crop + horizontal flip, as in ImageNet training."""
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.RandomResizedCrop(resolution, scale=scale, antialias=True),
                        v2.RandomHorizontalFlip()])
 
 
-def eval_transform(resolution: int, crop_ratio: float = EVAL_CROP_RATIO) -> v2.Compose:
+def eval_transform(resolution: int, crop_ratio: float = EVAL_CROP_RATIO):
     """Resize the short side to resolution / crop_ratio, then centre-crop ``resolution``."""
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.Resize(round(resolution / crop_ratio), antialias=True),
                        v2.CenterCrop(resolution)])
 
