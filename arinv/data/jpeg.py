@@ -92,7 +92,7 @@ class _Handle(threading.local):
         if getattr(self, "ptr", None):
             try:
                 self.lib.tjDestroy(self.ptr)
-            except Exception:  # interpreter shutdown
+            except (AttributeError, TypeError):  # interpreter shutdown: globals already gone
                 pass
 
     def error(self) -> str:
