@@ -24,6 +24,8 @@ from typing import NamedTuple, NoReturn
 
 import numpy as np
 
+from .jpeg import JpegError, decode_jpeg
+
 ReadAt = Callable[[int, int], bytes]
 
 VERSION = 2
@@ -319,8 +321,6 @@ def decode(payload: bytes, mode: int, width: int, height: int) -> np.ndarray:
         return pixels.reshape(height, width, 3).copy()
     if mode != JPEG:
         raise BetonError(f"unknown image mode {mode}")
-    from .jpeg import JpegError, decode_jpeg
-
     try:
         image = decode_jpeg(payload)
     except JpegError as e:

@@ -1,7 +1,7 @@
 """JPEG decoding through libjpeg-turbo's TurboJPEG library (ctypes), with DCT-domain downscaling.
 
-OpenCV's own JPEG path measured 1.6x slower than TurboJPEG on the same payloads (256 px, 4:2:0,
-quality 90: 98 ms against 60 ms per 256 images on one core), so shard readers decode here.
+OpenCV's own JPEG path measured 1.2x slower than TurboJPEG on the same payloads (one core,
+``benchmarks/jpeg_decode.py``: 115 against 92 ms per 512 shard JPEGs), so shard readers decode here.
 TurboJPEG is the library ffcv links against (the setup installs ``libturbojpeg0-dev``); where
 it is absent (``ARINV_JPEG_DECODER=opencv`` forces this too) decoding falls back to OpenCV.
 
@@ -67,7 +67,7 @@ def _library():
             return _declare(ctypes.CDLL(name), name)
         except (OSError, AttributeError):  # not there, or older than TurboJPEG 2.0
             continue
-    warnings.warn("libturbojpeg not found: decoding JPEGs with OpenCV, about 1.6x slower. Install "
+    warnings.warn("libturbojpeg not found: decoding JPEGs with OpenCV, about 1.2x slower. Install "
                   "it (Debian/Ubuntu: apt-get install libturbojpeg0) or point ARINV_TURBOJPEG at "
                   "the library file", RuntimeWarning, stacklevel=3)
     return None
