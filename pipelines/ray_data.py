@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +115,7 @@ def decode_batch(batch: dict, *, split_transform: str, resolution: int,
                  crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
     """The map stage: decode + crop a batch of rows (``arinv.data.transforms.decode_crops``):
     random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out."""
-    from arinv.data.transforms import decode_crops  # imports torch: only where tasks decode
+    decode_crops = _import_uninterrupted("arinv.data.transforms").decode_crops
 
     try:
         images = decode_crops(batch["payload"], batch["mode"], batch["width"], batch["height"],
@@ -122,6 +126,33 @@ def decode_batch(batch: dict, *, split_transform: str, resolution: int,
                          "it: rewrite the shard set with 'arinv data write'") from None
     return {"image": images, "label": batch["label"].astype(np.int64),
             "index": batch["index"].astype(np.int64)}
+
+
+def _import_uninterrupted(name: str):
+    """``importlib.import_module(name)``, with KeyboardInterrupt held back until it is done.
+
+    Ray cancels a running task by raising KeyboardInterrupt in it (``ray.cancel`` ->
+    ``_thread.interrupt_main``), and Ray Data cancels its in-flight tasks whenever a consumer
+    stops early (a Train worker group restarting after a failure, a ``take``). Landing inside a
+    first ``import torch``, that interrupt leaves torch half-initialised in a worker process
+    that Ray then reuses: every later decode task there fails ("partially initialized module
+    'torch'", SystemError or a crash). Deferring it makes the cancel take effect right after
+    the import instead (reproduced on this stack: 6 of 14 cancels at 1.6-4.2 s into a cold
+    worker poisoned it; ``tests/integration/test_ray_data.py`` checks the fix)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    if threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(name)  # interrupts only ever reach the main thread
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        return importlib.import_module(name)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)  # the cancel goes ahead, with torch intact
+        elif held and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 224,

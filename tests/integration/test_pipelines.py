@@ -148,6 +148,17 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _worker_tracebacks(limit: int = 6000) -> str:
+    """The tracebacks Ray's worker processes logged (Ray Train truncates its error snippets)."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    found = []
+    for f in sorted(logs.glob("worker-*.err"), key=lambda f: f.stat().st_mtime):
+        text = f.read_text(errors="replace")
+        if "Traceback" in text:
+            found.append(f"--- {f.name}\n{text[text.index('Traceback'):][-2000:]}")
+    return "\n".join(found)[-limit:]
+
+
 def _checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted((storage / name).glob("checkpoint_*")) if (storage / name).is_dir() else []
 
@@ -160,13 +171,21 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, shards, tmp_path
                       preset="tiny-sample-standard")
     run = Launch(workdir=tmp_path / "w", tracking_uri=uri, register=False, progress=False)
     box = {}
-    t = threading.Thread(target=lambda: box.update(r=train_encoder(cfg, run)), daemon=True)
+
+    def target():
+        try:
+            box["r"] = train_encoder(cfg, run)
+        except BaseException as e:  # noqa: BLE001 - reported below, with the workers' logs
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
     t.start()
     _wait_for(lambda: _checkpoints(Path(run.storage_path), cfg.name), 240, "a first checkpoint")
     victim = _wait_for(_train_workers, 30, "a train worker process")[0]
     os.kill(victim.pid, signal.SIGKILL)
     t.join(timeout=400)
-    assert "r" in box, "training did not finish after the worker was killed"
+    assert "r" in box, (f"training did not finish after the worker was killed: "
+                        f"{box.get('error', 'still running')!r}\n{_worker_tracebacks()}")
     hist = json.loads((run.workdir / "metrics.json").read_text())
     import torch
 

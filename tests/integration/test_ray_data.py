@@ -190,3 +190,50 @@ def test_training_reads_take_a_new_chunk_order_every_epoch(ray_cluster, shard_se
     assert sorted(train[0]) == sorted(train[1]) == list(range(manifest["num_samples"]))
     assert train[0] != train[1] and train[0] != sorted(train[0])
     assert sorted(evals[0]) == list(range(manifest["num_samples"]))  # (order not guaranteed)
+
+
+# An import that, like torch's, registers global state it cannot undo: interrupted half-way,
+# it leaves the process unable to import it again.
+_FRAGILE_MODULE = '''
+import builtins, os, pathlib, time
+if getattr(builtins, "_arinv_fragile_registered", False):
+    raise RuntimeError("already registered: an earlier import was interrupted half-way")
+builtins._arinv_fragile_registered = True
+pathlib.Path(os.environ["FRAGILE_STARTED"]).write_text(str(os.getpid()))
+time.sleep(4)
+ready = True
+'''
+
+
+def _import_fragile(folder: str) -> int:
+    import os
+    import sys
+
+    from pipelines.ray_data import _import_uninterrupted
+
+    sys.path.insert(0, folder)
+    assert _import_uninterrupted("arinv_fragile_module").ready
+    return os.getpid()
+
+
+def test_a_task_cancelled_mid_import_leaves_its_worker_usable(ray_cluster, tmp_path):
+    """Ray Data cancels in-flight decode tasks when a consumer stops (a Train worker group
+    restarting after a failure); the cancel must not land inside the decoder's first import,
+    or the reused worker fails every later decode task (seen in CI as a failed resume)."""
+    import time
+
+    started = tmp_path / "started"
+    (tmp_path / "arinv_fragile_module.py").write_text(_FRAGILE_MODULE)
+    task = ray.remote(num_cpus=1)(_import_fragile).options(
+        runtime_env={"env_vars": {"FRAGILE_STARTED": str(started)}})  # its own, fresh worker
+    first = task.remote(str(tmp_path))
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the first task never began its import"
+    time.sleep(0.5)
+    ray.cancel(first)  # lands inside the 4 s import
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(first, timeout=60)
+    pid = int(started.read_text())
+    assert ray.get(task.remote(str(tmp_path)), timeout=120) == pid  # same process, import intact
