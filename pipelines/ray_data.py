@@ -137,22 +137,20 @@ def _import_uninterrupted(name: str):
     first ``import torch``, that interrupt leaves torch half-initialised in a worker process
     that Ray then reuses: every later decode task there fails ("partially initialized module
     'torch'", SystemError or a crash). Deferring it makes the cancel take effect right after
-    the import instead (reproduced on this stack: 6 of 14 cancels at 1.6-4.2 s into a cold
-    worker poisoned it; ``tests/integration/test_ray_data.py`` checks the fix)."""
+    the import instead (``tests/integration/test_ray_data.py`` cancels a task inside one)."""
     if name in sys.modules:
         return sys.modules[name]
-    if threading.current_thread() is not threading.main_thread():
-        return importlib.import_module(name)  # interrupts only ever reach the main thread
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(name)  # no Python-level interrupt can land here
     held = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
     try:
         return importlib.import_module(name)
     finally:
         signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):
-            previous(signal.SIGINT, None)  # the cancel goes ahead, with torch intact
-        elif held and previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+        if held:
+            previous(signal.SIGINT, held[0])  # the cancel goes ahead, with the module intact
 
 
 def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 224,
