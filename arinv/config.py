@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -27,10 +29,16 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- components
 
 
+Norm = Literal["l2", "linf"]
+
+
 @dataclass
-class ModelConfig:
-    name: str = "alexnet"            # a registered encoder (arinv.models.list_encoders())
-    num_classes: int = 1000
+class EncoderConfig:
+    """The encoder an encoder run trains (``encoder.name`` is the same field in generator
+    configs, where it names the encoder being inverted)."""
+
+    name: str = "alexnet"             # a registered encoder (arinv.models.list_encoders())
+    num_classes: int = 1000           # must match the shard set's class count
     resolution: Optional[int] = None  # training / eval crop size; default: the model's input_size
 
     def check(self) -> list[str]:
@@ -48,17 +56,17 @@ class ModelConfig:
 
 @dataclass
 class AttackConfig:
-    norm: str = "l2"                   # "l2" or "linf"
+    """The PGD threat model of adversarial training (Madry et al.; Sec. A4.1)."""
+
+    norm: Norm = "l2"                  # the perturbation's norm
     eps: float = 3.0                   # radius, in [0, 1] pixel units
-    steps: int = 7
+    steps: int = 7                     # PGD iterations per training batch
     step_size: Optional[float] = None  # default: eps / 5 (the CIFAR recipe)
-    random_start: bool = False
+    random_start: bool = False         # start from a random point of the ball
     use_best: bool = False             # keep each sample's highest-loss iterate
 
     def check(self) -> list[str]:
         errs = []
-        if self.norm not in ("l2", "linf"):
-            errs.append(f"norm: must be 'l2' or 'linf', got {self.norm!r}")
         if self.eps < 0:
             errs.append(f"eps: must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
@@ -76,10 +84,12 @@ class AttackConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    epochs: int = 90
+    """SGD with a step schedule, for encoders."""
+
+    lr: float = 0.1            # initial learning rate
+    momentum: float = 0.9      # SGD momentum
+    weight_decay: float = 1e-4  # L2 weight decay
+    epochs: int = 90           # training epochs
     lr_step_epochs: int = 30   # lr is multiplied by lr_gamma every lr_step_epochs
     lr_gamma: float = 0.1
     batch_size: int = 256      # the global batch; gradient accumulation keeps it on fewer devices
@@ -105,20 +115,20 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
+    """Where a run's images come from. Every run (Ray or --local) reads shard sets: ``shards``,
+    or the ``source`` written as shards under the run's workdir first."""
+
     source: str = "sample"  # "sample" (bundled photographs) or an ImageFolder root with train/ val/
-    num_workers: int = 2
     train_per_class: int = 48  # sample source only: crops per class
-    val_per_class: int = 16
-    # Ray pipelines: a local folder or s3:// prefix holding train/ and val/ shard sets written by
-    # 'arinv data write'; null = write the 'sample' source's shards under the run's storage.
+    val_per_class: int = 16    # sample source only: held-out crops per class
+    # a local folder or s3:// prefix holding train/ and val/ shard sets written by
+    # 'arinv data write'; null = write ``source`` as shards under the run's workdir
     shards: Optional[str] = None
-    loader: str = "ray"           # "ray" (Ray Data stream) or "ffcv" (ffcv.Loader, local shards)
+    loader: Literal["ray", "ffcv"] = "ray"  # Ray Data stream, or ffcv.Loader (local shards)
     crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
 
     def check(self) -> list[str]:
         errs = []
-        if self.loader not in ("ray", "ffcv"):
-            errs.append(f"loader: must be 'ray' or 'ffcv', got {self.loader!r}")
         if self.loader == "ffcv" and self.shards and "://" in self.shards:
             errs.append(f"loader: ffcv reads shards on local disk only, data.shards is "
                         f"{self.shards!r}; use loader=ray for S3")
@@ -131,8 +141,6 @@ class DataConfig:
                 errs.append(f"source: {self.source!r} is neither 'sample' nor a folder with "
                             f"train/ and val/ ImageFolder trees (missing: {', '.join(missing)}); "
                             "or set data.shards to a shard set written by 'arinv data write'")
-        if self.num_workers < 0:
-            errs.append(f"num_workers: must be >= 0, got {self.num_workers}")
         if self.train_per_class < 1 or self.val_per_class < 1:
             errs.append("train_per_class / val_per_class: must be >= 1")
         return errs
@@ -140,40 +148,57 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    pgd_eps: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
-    pgd_steps: int = 20
-    norm: str = "l2"
-    max_images: int = 1000  # evaluate on at most this many held-out images
-    every: int = 1          # epochs between per-epoch checks (clean + PGD on epoch_images); 0: off
-    epoch_images: int = 256
+    """Held-out robustness evaluation of an encoder: every ``every`` epochs on
+    ``epoch_images`` images, and the full report on ``images`` images after the last."""
+
+    pgd_eps: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # PGD radii
+    pgd_steps: int = 20   # PGD iterations of the evaluation attack
+    norm: Norm = "l2"     # the evaluation attack's norm
+    images: int = 1000    # held-out images of the final report
+    every: int = 1        # epochs between per-epoch checks (clean + PGD); 0: final report only
+    epoch_images: int = 256  # held-out images of each per-epoch check
 
     def check(self) -> list[str]:
-        errs = []
-        if self.every < 0 or self.epoch_images < 1:
-            errs.append(f"every / epoch_images: must be >= 0 / >= 1, got {self.every} / "
-                        f"{self.epoch_images}")
+        errs = _eval_errors(self, every_min=0)
         if any(e < 0 for e in self.pgd_eps):
             errs.append(f"pgd_eps: every radius must be >= 0, got {self.pgd_eps}")
         if self.pgd_steps < 1:
             errs.append(f"pgd_steps: must be >= 1, got {self.pgd_steps}")
-        if self.norm not in ("l2", "linf"):
-            errs.append(f"norm: must be 'l2' or 'linf', got {self.norm!r}")
-        if self.max_images < 1:
-            errs.append(f"max_images: must be >= 1, got {self.max_images}")
         return errs
 
 
 @dataclass
-class RuntimeConfig:
-    device: str = "auto"       # "auto" (cuda when available), "cpu", "cuda"
-    amp: bool = True           # bf16 autocast, GPU only
-    channels_last: bool = True  # GPU only
-    seed: int = 0
+class InversionEvalConfig:
+    """Held-out reconstruction quality of a generator (PSNR / SSIM / LPIPS and an image grid):
+    every ``every`` epochs on ``epoch_images`` images, and on ``images`` after the last."""
+
+    images: int = 64        # held-out images of the final evaluation
+    every: int = 1          # epochs between per-epoch checks (and the last epoch)
+    epoch_images: int = 64  # held-out images of each per-epoch check
+    ri_steps: int = 0       # > 0: the final evaluation adds the RI baseline (Sec. A2.4)
 
     def check(self) -> list[str]:
-        if self.device not in ("auto", "cpu", "cuda"):
-            return [f"device: must be 'auto', 'cpu' or 'cuda', got {self.device!r}"]
-        return []
+        errs = _eval_errors(self, every_min=1)
+        if self.ri_steps < 0:
+            errs.append(f"ri_steps: must be >= 0, got {self.ri_steps}")
+        return errs
+
+
+def _eval_errors(ev, every_min: int) -> list[str]:
+    errs = []
+    if ev.every < every_min:
+        errs.append(f"every: must be >= {every_min}, got {ev.every}")
+    if ev.images < 1 or ev.epoch_images < 1:
+        errs.append(f"images / epoch_images: must be >= 1, got {ev.images} / {ev.epoch_images}")
+    return errs
+
+
+@dataclass
+class RuntimeConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    amp: bool = True            # bf16 autocast, GPU only
+    channels_last: bool = True  # GPU only
+    seed: int = 0               # seeds weights, data order, crops and attacks
 
 
 @dataclass
@@ -182,9 +207,9 @@ class ScalingConfig:
     batch: each optimiser step accumulates batch_size / (num_workers * micro_batch_size)
     micro-batches per worker."""
 
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    num_workers: int = 1                   # Ray Train workers (DDP ranks); --local: 1
+    use_gpu: bool = False                  # one GPU share per worker
+    cpus_per_worker: float = 1.0           # logical CPUs (and torch threads) per worker
     gpus_per_worker: float = 1.0           # used only with use_gpu
     micro_batch_size: Optional[int] = None  # per worker; null = batch_size / num_workers
     max_failures: int = 3                  # worker-group restarts from the last checkpoint
@@ -202,14 +227,16 @@ class ScalingConfig:
             errs.append("max_failures / keep_checkpoints: must be >= 0 / >= 1")
         return errs
 
-    def accumulation(self, batch_size: int) -> tuple[int, int]:
-        """(micro-batch size per worker, micro-batches per optimiser step)."""
-        micro = self.micro_batch_size or max(1, batch_size // self.num_workers)
-        per_step = micro * self.num_workers
+    def accumulation(self, batch_size: int, workers: int | None = None) -> tuple[int, int]:
+        """(micro-batch size per worker, micro-batches per optimiser step) over ``workers``
+        (default ``num_workers``; a single-process run passes 1)."""
+        workers = workers or self.num_workers
+        micro = self.micro_batch_size or max(1, batch_size // workers)
+        per_step = micro * workers
         if batch_size % per_step:
             raise ConfigError(
                 f"scaling: the global batch optim.batch_size={batch_size} is not a multiple of "
-                f"num_workers x micro_batch_size = {self.num_workers} x {micro}; change "
+                f"num_workers x micro_batch_size = {workers} x {micro}; change "
                 "scaling.micro_batch_size or scaling.num_workers")
         return micro, batch_size // per_step
 
@@ -219,7 +246,7 @@ class EncoderTrainConfig:
     """One encoder training run: standard when ``attack`` is null, adversarial otherwise."""
 
     name: str = "encoder"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     attack: Optional[AttackConfig] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -237,8 +264,8 @@ class EncoderTrainConfig:
 class EncoderRef:
     """The frozen encoder whose ``layer`` a generator inverts."""
 
-    name: str = "alexnet"
-    layer: str = "conv5"
+    name: str = "alexnet"   # a registered encoder, as ``encoder.name`` of encoder configs
+    layer: str = "conv5"    # the tap whose features are inverted
     # an arinv encoder checkpoint file, or a registry URI (models:/arinv-alexnet@robust);
     # null = random weights (tests)
     checkpoint: Optional[str] = None
@@ -260,8 +287,8 @@ class EncoderRef:
 
 @dataclass
 class GeneratorConfig:
-    name: str = "alexnet_conv5"
-    spectral_norm: bool = True
+    name: str = "alexnet_conv5"     # a registered generator (its table's layer specs)
+    spectral_norm: bool = True      # on every generator and discriminator convolution
     discriminator: Optional[str] = "alexnet_conv5"  # null for the pixel / pixel + feature criteria
 
     def check(self) -> list[str]:
@@ -296,14 +323,16 @@ class LossConfig:
 
 @dataclass
 class AdamConfig:
-    lr_g: float = 3e-4
-    lr_d: float = 1.2e-3
+    """Adam for the generator and discriminator (Sec. A4.1)."""
+
+    lr_g: float = 3e-4         # generator learning rate
+    lr_d: float = 1.2e-3       # discriminator learning rate
     beta1: float = 0.0
     beta2: float = 0.9
     epochs: int = 90
-    lr_step_epochs: int = 30
+    lr_step_epochs: int = 30   # both learning rates are multiplied by lr_gamma this often
     lr_gamma: float = 0.1
-    batch_size: int = 128
+    batch_size: int = 128      # the global batch
 
     def check(self) -> list[str]:
         errs = [f"{k}: must be in (0, 1), got {v}" for k, v in
@@ -329,10 +358,8 @@ class GeneratorTrainConfig:
     optim: AdamConfig = field(default_factory=AdamConfig)
     data: DataConfig = field(default_factory=DataConfig)
     resolution: Optional[int] = None  # default: the encoder's input_size
-    eval_images: int = 64             # held-out images for PSNR / SSIM / LPIPS and the grid
-    eval_every: int = 1               # Ray pipeline: epochs between held-out checks + grids
     augment: bool = False             # the paper trains generators without augmentation
-    ri_steps: int = 0                 # > 0: also report the RI baseline (Sec. A2.4) with this many steps
+    eval: InversionEvalConfig = field(default_factory=InversionEvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
@@ -349,15 +376,14 @@ class GeneratorTrainConfig:
         if self.loss.gan > 0 and self.generator.discriminator is None:
             errs.append("generator.discriminator: loss.gan > 0 needs a discriminator "
                         "(or set loss.gan=0)")
-        if self.eval_images < 1 or self.eval_every < 1:
-            errs.append(f"eval_images / eval_every: must be >= 1, got {self.eval_images} / "
-                        f"{self.eval_every}")
-        if self.ri_steps < 0:
-            errs.append(f"ri_steps: must be >= 0, got {self.ri_steps}")
+        if (self.scaling.num_workers >= 1 and not _batch_errors(self.scaling, self.optim.batch_size)
+                and self.scaling.accumulation(self.optim.batch_size)[1] > 1):
+            errs.append("scaling.micro_batch_size: gradient accumulation is implemented for "
+                        "encoder training only; for a generator set it to optim.batch_size / "
+                        "scaling.num_workers (or null)")
         return errs
 
 
-TABLE_A3_EPS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
 SWEEP_METRICS = {"psnr": "max", "ssim": "max", "lpips": "min"}
 
 
@@ -411,7 +437,7 @@ class SweepConfig:
     encoder_set: list[str] = field(default_factory=list)    # overrides for every encoder
     generator_set: list[str] = field(default_factory=list)  # overrides for every generator
     shards: Optional[str] = None       # data.shards of every run (default: the presets')
-    eps: list[float] = field(default_factory=lambda: list(TABLE_A3_EPS))
+    eps: list[float] = field(default_factory=lambda: list(_table_a3().EPS))
     standard_attack_eps: float = 0.25  # Table A3 attacks the eps = 0 encoder at this radius
     select: str = "psnr"               # the metric that picks the pair registered as the best
     max_concurrent: Optional[int] = None  # default: as many trials as the cluster's resources fit
@@ -434,9 +460,12 @@ class SweepConfig:
             errs.append(f"max_failures: must be >= 0, got {self.max_failures}")
         return errs
 
-    def attack_eps(self, eps: float) -> float:
-        """The radius Table A3 attacks the eps-trained encoder with."""
-        return eps if eps > 0 else self.standard_attack_eps
+
+
+def _table_a3():
+    from arinv.experiments import table_a3
+
+    return table_a3
 
 
 def _batch_errors(scaling: ScalingConfig, batch_size: int) -> list[str]:
@@ -507,7 +536,12 @@ def apply_override(data: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: write it as field.path=value, e.g. attack.eps=1.0")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        # Numbers YAML 1.1 reads as text (2e-6, 1E3) stay strings here; _coerce makes them
+        # floats where the field is a float, so a str field keeps "1e3" as written.
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
@@ -550,9 +584,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _to_finite_float(value, where)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -560,8 +592,79 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _to_finite_float(value: Any, where: str) -> float:
+    """A float field's value: a number, or a string in exponent notation (YAML 1.1, which
+    PyYAML follows, reads 2e-6, 1E3 and 1.5e3 as text); nan and +-inf in any spelling
+    (.nan, -.inf, 'inf', 'Infinity') are refused."""
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)[eE][-+]?\d+", text):
+            value = float(text)
+        elif re.fullmatch(r"[-+]?\.?(?:nan|inf|infinity)", text, re.IGNORECASE):
+            value = float(text.replace(".", "", 1))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise ConfigError(f"{where}: must be a finite number, got {value}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: must be a finite number, got {number}")
+    return number
+
+
+# Field paths renamed or removed since earlier releases, per config class: old -> new (None:
+# removed, with the reason). A user's YAML with an old name gets an error naming the new one;
+# configs stored in checkpoints are migrated (``migrate``).
+RENAMED: dict[str, dict[str, str | None]] = {
+    "EncoderTrainConfig": {"model": "encoder", "eval.max_images": "eval.images",
+                           "data.num_workers": None},
+    "GeneratorTrainConfig": {"eval_images": "eval.images", "eval_every": "eval.every",
+                             "ri_steps": "eval.ri_steps", "data.num_workers": None},
+}
+_REMOVED_WHY = {"data.num_workers": "every run reads shard sets; Ray runs decode with the "
+                                    "cluster's CPUs, --local runs in the training process"}
+
+
+def _renamed_paths(cls, data: dict) -> list[tuple[str, str | None]]:
+    found = []
+    for old, new in RENAMED.get(cls.__name__, {}).items():
+        node, parts = data, old.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node:
+            found.append((old, new))
+    return found
+
+
+def migrate(cls, data: dict) -> dict:
+    """A config dict written under old field names (e.g. one stored in an old checkpoint),
+    with its values moved to the current names; removed fields are dropped."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for old, new in _renamed_paths(cls, data):
+        *head, last = old.split(".")
+        node = data
+        for part in head:
+            node = node[part]
+        value = node.pop(last)
+        if new is not None:
+            *head, last = new.split(".")
+            node = data
+            for part in head:
+                node = node.setdefault(part, {})
+            node[last] = value
+    return data
+
+
 def build(cls, data: dict, where: str = ""):
     """Build dataclass ``cls`` from a nested dict, refusing unknown fields and wrong types."""
+    if not where:
+        for old, new in _renamed_paths(cls, data):
+            raise ConfigError(f"{old}: renamed to {new}; rename it in your config" if new else
+                              f"{old}: removed ({_REMOVED_WHY.get(old, 'no longer used')}); "
+                              "delete it from your config")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -573,8 +676,20 @@ def build(cls, data: dict, where: str = ""):
                 f"{path}: unknown field" + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" ({cls.__name__} has: {', '.join(names)})"
             )
+        choices = _literal_choices(hints[key])
+        if choices is not None and value not in choices:
+            if value is None and _unwrap_optional(hints[key])[1]:
+                kwargs[key] = None
+                continue
+            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, choices))}, "
+                              f"got {value!r}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+def _literal_choices(tp) -> tuple | None:
+    tp, _ = _unwrap_optional(tp)
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
 def validate(cfg, where: str = "") -> None:

@@ -2,7 +2,7 @@
 """What does Ray Train cost? The adversarial encoder step over the same Ray Data stream,
 
   (a) bare     -- this process iterates ``read_shards(...).iter_torch_batches`` and calls
-                  ``arinv.train.loop.train_epoch`` (``adversarial_step``), no Ray Train;
+                  ``EncoderTask.train_epoch`` (``adversarial_step``), no Ray Train;
   (b) pipeline -- ``pipelines.train_encoder`` with 1 Ray Train worker: the same epoch function,
                   fed through ``get_dataset_shard``, plus per-epoch reports and checkpoints;
 
@@ -33,25 +33,23 @@ from benchmarks.common import machine_info  # noqa: E402
 
 
 def bare(cfg, shards: str, epochs: int, threads: int) -> dict:
-    from arinv.models import create_encoder
-    from arinv.train.loop import train_epoch
-    from arinv.train.runtime import prepare_model, resolve_device, seed_everything
-    from arinv.train.steps import build_optimizer
+    from arinv.train.runtime import resolve_device, seed_everything
+    from arinv.train.tasks import EncoderTask
     from pipelines.ray_data import read_shards
 
     torch.set_num_threads(threads)
     seed_everything(0)
     device = resolve_device("cpu" if not cfg.scaling.use_gpu else "cuda")
-    model = prepare_model(create_encoder(cfg.model.name, num_classes=cfg.model.num_classes),
-                          device, cfg.runtime.channels_last)
-    opt, _ = build_optimizer(model, cfg.optim)
-    ds = read_shards(f"{shards}/train", split_transform="train", resolution=cfg.model.resolution,
+    task = EncoderTask(cfg)
+    task.build(device)
+    task.wrap(lambda m: m)
+    ds = read_shards(f"{shards}/train", split_transform="train", resolution=cfg.encoder.resolution,
                      crop_scale=(cfg.data.crop_min_scale, 1.0))
     per_epoch, n, t0 = [], 0, time.perf_counter()
     for _ in range(epochs):
         batches = ((b["image"], b["label"]) for b in
                    ds.iter_torch_batches(batch_size=cfg.optim.batch_size, prefetch_batches=2))
-        m = train_epoch(model, opt, batches, cfg, device, progress=False)
+        m = task.train_epoch(batches, progress=False)
         per_epoch.append(m["images_per_s"])
         n += m["n"]
     return {"epoch_images_per_s": per_epoch, "run_images_per_s": n / (time.perf_counter() - t0)}
@@ -65,7 +63,7 @@ def pipeline(cfg, shards: str, workdir: Path) -> dict:
     r = train_encoder(cfg, Launch(workdir=workdir, register=False, progress=False,
                                   tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"))
     wall = time.perf_counter() - t0
-    state = torch.load(r["checkpoint"], map_location="cpu", weights_only=False)
+    state = torch.load(r["checkpoint"], map_location="cpu", weights_only=True)
     hist = state["progress"]["history"]
     in_epochs = sum(h["images"] / h["images_per_s"] for h in hist)
     return {"epoch_images_per_s": [h["images_per_s"] for h in hist],
@@ -88,14 +86,14 @@ def main(argv=None) -> int:
     import ray
 
     from arinv.config import EncoderTrainConfig, load_config
-    from pipelines.trainer import write_sample_shards
+    from arinv.data.reader import write_sample_shards
 
     work = Path(tempfile.mkdtemp(prefix="arinv-train-overhead-"))
     shards = str(write_sample_shards(work / "shards", args.per_class, 8, progress=False))
     cfg = load_config(EncoderTrainConfig, args.preset, [
         f"data.shards={shards}", f"data.train_per_class={args.per_class}",
         "data.val_per_class=8", f"optim.epochs={args.epochs}", "eval.every=0",
-        "eval.max_images=8", "eval.pgd_eps=[0.5]", "eval.pgd_steps=1",
+        "eval.images=8", "eval.pgd_eps=[0.5]", "eval.pgd_steps=1",
         "scaling.num_workers=1", f"scaling.cpus_per_worker={args.threads}", *args.set])
     info = machine_info(torch.device("cpu"))
     ray.init(num_cpus=(os.cpu_count() or 1) + args.threads, include_dashboard=False,
@@ -110,7 +108,7 @@ def main(argv=None) -> int:
     rows = {"epoch": (med(a["epoch_images_per_s"]), med(b["epoch_images_per_s"])),
             "run": (a["run_images_per_s"], b["run_images_per_s"])}
     print(f"machine: {info['cpu']} ({info['cpu_cores']} cores), torch {info['torch']}, "
-          f"{args.threads} threads; {cfg.model.name} {cfg.model.resolution} px, batch "
+          f"{args.threads} threads; {cfg.encoder.name} {cfg.encoder.resolution} px, batch "
           f"{cfg.optim.batch_size}, PGD-{cfg.attack.steps if cfg.attack else 0}, "
           f"{8 * args.per_class} images x {args.epochs} epochs")
     print(f"{'images/s':>22} | {'bare loop':>10} | {'Ray Train':>10} | ratio | target >= 0.90")

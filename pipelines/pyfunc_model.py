@@ -16,12 +16,12 @@ from mlflow.pyfunc import PythonModel
 
 class ArinvModel(PythonModel):
     def load_context(self, context):
-        from arinv.train.loop import load_encoder
+        from arinv.models.load import load_encoder
 
         self.encoder, _ = load_encoder(context.artifacts["encoder"])
         self.generator = self.layer = None
         if "generator" in context.artifacts:
-            from arinv.train.generator_loop import load_generator
+            from arinv.models.load import load_generator
 
             self.generator, gcfg = load_generator(context.artifacts["generator"])
             self.layer = gcfg.encoder.layer

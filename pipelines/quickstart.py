@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from arinv.config import ConfigError, EncoderTrainConfig, GeneratorTrainConfig, load_config
-from pipelines.trainer import Launch, own_local_ray, write_sample_shards
+from arinv.data.reader import write_sample_shards
+from pipelines.trainer import Launch, own_local_ray
 
 ENCODERS = {"standard": "tiny-sample-standard", "robust": "tiny-sample-robust"}
 GENERATOR = "tiny-sample-generator"
@@ -52,7 +53,7 @@ def configs(overrides: list[str], shards: str | None) -> tuple[dict, dict]:
     encs = {k: load(EncoderTrainConfig, p, k, []) for k, p in ENCODERS.items()}
     gens = {k: load(GeneratorTrainConfig, GENERATOR, k,
                     [f"name={GENERATOR}-{k}",
-                     f"encoder.checkpoint=models:/arinv-{encs[k].model.name}@{k}"])
+                     f"encoder.checkpoint=models:/arinv-{encs[k].encoder.name}@{k}"])
             for k in ENCODERS}
     unused = [o for o in overrides if o not in used]
     if unused:
@@ -92,7 +93,7 @@ def _run(workdir: Path, encs: dict, gens: dict, progress: bool, address: str | N
 
     results: dict = {"encoders": {}, "generators": {}}
     for kind, cfg in encs.items():
-        print(f"== training the {kind} encoder ({cfg.name}: {cfg.model.name}, "
+        print(f"== training the {kind} encoder ({cfg.name}: {cfg.encoder.name}, "
               f"{cfg.optim.epochs} epochs{f', L2 PGD eps {cfg.attack.eps}' if cfg.attack else ''})")
         results["encoders"][kind] = train_encoder(cfg, launch("encoders", cfg))
     for kind, cfg in gens.items():
@@ -117,14 +118,14 @@ def reconstruction_grid(path: Path, results: dict, gens: dict, tracking_uri: str
     import numpy as np
     import torch
 
-    from arinv.data.local import local_loaders
-    from arinv.train.loop import collect
+    from arinv.data.reader import ShardBatches
+    from arinv.train.run import collect
     from arinv.viz import save_grid
     from pipelines.tracking import use_tracking_uri
 
     cfg = next(iter(gens.values()))
-    _, val, _ = local_loaders(cfg.data, cfg.resolution, 64, cfg.runtime.seed)
-    x, _ = collect(val, cfg.eval_images)
+    val = ShardBatches(f"{cfg.data.shards}/val", 64, resolution=cfg.resolution, train=False)
+    x, _ = collect(val, cfg.eval.images)
     idx = torch.linspace(0, len(x) - 1, 8).long()
     x = x[idx].numpy().astype(np.float32)
     rows = [torch.from_numpy(x)]

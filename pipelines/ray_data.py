@@ -12,14 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import json
 import math
-import os
 import random
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,46 +25,13 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from arinv.data import storage
-from arinv.data.beton import BetonError, BetonReader
-from arinv.data.shards import MANIFEST, ShardError, read_manifest, verify_shards
-
-DEFAULT_CACHE = os.environ.get("ARINV_CACHE_DIR", "/tmp/arinv-shard-cache")
-DEFAULT_CACHE_BYTES = int(float(os.environ.get("ARINV_CACHE_BYTES", 50e9)))
-
-
-def load_manifest(uri: str) -> dict:
-    if storage.is_s3(uri):
-        storage.check_access(uri)
-        try:
-            return json.loads(storage.read_bytes(_join(uri, MANIFEST)))
-        except storage.StorageError as e:
-            raise ShardError(f"{uri}: no readable {MANIFEST} ({e}); a shard set is complete only "
-                             "once its manifest is published") from None
-    return read_manifest(uri)
-
-
-def _join(prefix: str, name: str) -> str:
-    return prefix.rstrip("/") + "/" + name
-
-
-def _open_shard(uri: str, shard: dict, cache: tuple[str, int]) -> BetonReader:
-    """S3 shards enter the node-local cache sha256-verified; local ones get a cheap size check
-    (a full re-hash, if asked for, runs once in ``read_shards``, not in every read task)."""
-    path = _join(uri, shard["file"])
-    if storage.is_s3(path):
-        local = storage.LocalCache(cache[0], cache[1]).fetch(path, sha256=shard["sha256"],
-                                                             size=shard["bytes"])
-    else:
-        local = Path(path)
-        actual = local.stat().st_size if local.exists() else None
-        if actual != shard["bytes"]:
-            raise ShardError(f"{local}: {actual} bytes on disk, the manifest says {shard['bytes']} "
-                             "(truncated or replaced); rewrite the shard set with 'arinv data write'")
-    return BetonReader.from_path(local)
-
+from arinv.data.beton import BetonError
+from arinv.data.reader import DEFAULT_CACHE, DEFAULT_CACHE_BYTES, load_manifest, open_shard
+from arinv.data.reader import join as _join
+from arinv.data.shards import ShardError, verify_shards
 
 def _read_chunk(uri, shard, cache, start, stop, base):
-    with _open_shard(uri, shard, cache) as reader:
+    with open_shard(uri, shard, cache) as reader:
         recs = reader.records(start, stop)
     yield pa.table({
         "payload": pa.array([r.payload for r in recs], pa.binary()),

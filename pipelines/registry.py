@@ -34,13 +34,13 @@ def register_encoder(tracking_uri: str, run_id: str, checkpoint, *, name: str, a
     ModelVersion. Predict: float32 images N x 3 x R x R in [0, 1] -> {"logits"}."""
     import torch
 
-    from arinv.train.loop import load_encoder
-    from arinv.train.state import export_weights
+    from arinv.checkpoint import export_weights
+    from arinv.models.load import load_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         enc_file = export_weights(checkpoint, Path(tmp) / "encoder.pt", ("model",))
         model, cfg = load_encoder(enc_file)
-        r = cfg.model.resolution or model.input_size
+        r = cfg.encoder.resolution or model.input_size
         example = _input_example(r)
         with torch.no_grad():
             outputs = {"logits": model(torch.from_numpy(example[:1]))}
@@ -56,9 +56,8 @@ def register_autoencoder(tracking_uri: str, run_id: str, *, encoder_checkpoint,
     Predict: images -> {"reconstruction": N x 3 x R x R in [0, 1], "features": the layer}."""
     import torch
 
-    from arinv.train.generator_loop import load_generator
-    from arinv.train.loop import load_encoder
-    from arinv.train.state import export_weights
+    from arinv.checkpoint import export_weights
+    from arinv.models.load import load_encoder, load_generator
 
     with tempfile.TemporaryDirectory() as tmp:
         files = {"encoder": export_weights(encoder_checkpoint, Path(tmp) / "encoder.pt",
@@ -166,6 +165,19 @@ def _requirements() -> list[str]:
 # -------------------------------------------------------------------------------- consumers
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$")
+
+
+def encoder_file(cfg, tracking_uri: str, cache: str | None) -> str | None:
+    """A local path for a generator config's ``encoder.checkpoint``: a registry URI is fetched
+    into ``cache``, an ``s3://`` checkpoint (another run's stored state) copied there once."""
+    ref = cfg.encoder.checkpoint
+    if ref and ref.startswith(("models:/", "runs:/")):
+        return str(fetch_checkpoint(ref, tracking_uri, cache_dir=cache))
+    if ref and ref.startswith("s3://"):
+        from pipelines.trainer import stored_file
+
+        return str(stored_file(ref, cache))
+    return ref
 
 
 def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,

@@ -31,19 +31,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from arinv.config import (
-    SWEEP_METRICS,
-    ConfigError,
-    EncoderTrainConfig,
-    GeneratorTrainConfig,
-    SweepConfig,
-    build,
-    flatten,
-    load_config,
-    to_dict,
-    validate,
-)
+from arinv.config import SWEEP_METRICS, ConfigError, GeneratorTrainConfig, SweepConfig, build, flatten, to_dict
 from arinv.data import storage
+from arinv.experiments import table_a3
+from arinv.experiments.table_a3 import checked, load_preset, run_name, trial_name
 from pipelines.trainer import Launch
 
 PARENT = "mlflow.parentRunId"
@@ -58,67 +49,18 @@ RELAUNCH_FREE = ("max_concurrent", "max_failures", "select")  # may change on a 
 # ----------------------------------------------------------------------------- trial configs
 
 
-def eps_trial(eps: float) -> str:
-    """An eps trial's name (a search trial is named by its Tune trial id)."""
-    return f"eps{float(eps):g}"
-
-
-def run_name(sw: SweepConfig, trial: str, kind: str) -> str:
-    """The Ray Train run (and its config's name) of a trial's encoder or generator."""
-    return f"{sw.name}-{trial}-{kind}"
-
-
-def _load(cls, preset: str, overrides: list[str], where: str):
-    try:
-        return load_config(cls, preset, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"sweep {where}: {e}") from None
-
-
-def _checked(cfg, where: str):
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        raise ConfigError(f"sweep {where}: {e}") from None
-    return cfg
-
-
-def eps_configs(sw: SweepConfig, eps: float) -> tuple[EncoderTrainConfig, GeneratorTrainConfig]:
-    """The eps trial's encoder and generator configs (the generator's ``encoder.checkpoint``
-    is set by the trial to the encoder it trained)."""
-    shards = [f"data.shards={sw.shards}"] if sw.shards else []
-    enc = _load(EncoderTrainConfig, sw.encoder, [*shards, *sw.encoder_set], "encoder_set")
-    if enc.attack is None and any(e > 0 for e in sw.eps):
-        raise ConfigError(f"sweep encoder: preset {sw.encoder!r} trains without an attack; an "
-                          "eps sweep needs a robust preset (with an attack section) whose "
-                          "attack.eps each trial sets")
-    radius = sw.attack_eps(eps)
-    enc = dataclasses.replace(
-        enc, name=run_name(sw, eps_trial(eps), "encoder"),
-        attack=dataclasses.replace(enc.attack, eps=eps) if eps > 0 else None,
-        eval=dataclasses.replace(enc.eval, pgd_eps=sorted({*enc.eval.pgd_eps, radius})))
-    gen = _load(GeneratorTrainConfig, sw.generator, [*shards, *sw.generator_set],
-                "generator_set")
-    gen = dataclasses.replace(gen, name=run_name(sw, eps_trial(eps), "generator"),
-                              encoder=dataclasses.replace(gen.encoder, checkpoint=None))
-    if gen.encoder.name != enc.model.name:
-        raise ConfigError(f"sweep generator: preset {sw.generator!r} inverts a "
-                          f"{gen.encoder.name} encoder, but preset {sw.encoder!r} trains a "
-                          f"{enc.model.name}; pick a matching pair")
-    return _checked(enc, f"eps={eps:g} encoder"), _checked(gen, f"eps={eps:g} generator")
-
-
 def weights_config(sw: SweepConfig, weights: dict, trial: str = "search") -> GeneratorTrainConfig:
     """A loss-weight trial's generator config: the preset with ``weights`` (pix / feat / gan)
     and a held-out evaluation every epoch (ASHA compares trials at every rung)."""
     shards = [f"data.shards={sw.shards}"] if sw.shards else []
-    gen = _load(GeneratorTrainConfig, sw.generator, [*shards, *sw.generator_set],
-                "generator_set")
+    gen = load_preset(GeneratorTrainConfig, sw.generator, [*shards, *sw.generator_set],
+                      "generator_set")
     gen = dataclasses.replace(
-        gen, name=run_name(sw, trial, "generator"), eval_every=1,
+        gen, name=run_name(sw.name, trial, "generator"),
+        eval=dataclasses.replace(gen.eval, every=1),
         encoder=dataclasses.replace(gen.encoder, checkpoint=sw.search.encoder),
         loss=dataclasses.replace(gen.loss, **{k: float(v) for k, v in weights.items()}))
-    return _checked(gen, f"search ({', '.join(f'{k}={v:g}' for k, v in weights.items())})")
+    return checked(gen, f"search ({', '.join(f'{k}={v:g}' for k, v in weights.items())})")
 
 
 def search_space(sw: SweepConfig) -> dict:
@@ -133,7 +75,7 @@ def search_space(sw: SweepConfig) -> dict:
 def plan(sw: SweepConfig) -> list:
     """Every trial's configs, validated, before any cluster resource is taken."""
     if sw.search is None:
-        return [eps_configs(sw, e) for e in sw.eps]
+        return [table_a3.trial_configs(sw, e) for e in sw.eps]
     s = sw.search
     corners = [{k: getattr(s, k)[i] for k in ("pix", "feat", "gan") if getattr(s, k)}
                for i in (0, 1)]
@@ -192,7 +134,7 @@ def trial(config: dict) -> None:
 
     ctx = config["ctx"]
     sw = build(SweepConfig, ctx["sweep"])
-    name = eps_trial(config["eps"]) if sw.search is None else \
+    name = trial_name(config["eps"]) if sw.search is None else \
         ray.tune.get_context().get_trial_id()
     uri, exp = ctx["tracking_uri"], ctx["experiment"]
     run_id = tracking.find_or_create_run(
@@ -201,7 +143,7 @@ def trial(config: dict) -> None:
     workdir = Path(ctx["workdir"]) / "trials" / name
 
     def launch(kind: str) -> Launch:
-        return Launch(workdir=workdir / kind, run_name=run_name(sw, name, kind),
+        return Launch(workdir=workdir / kind, run_name=run_name(sw.name, name, kind),
                       storage_path=ctx["storage"], tracking_uri=uri, experiment=exp,
                       register=False, model_cache=ctx["model_cache"], progress=False,
                       extra_tags={PARENT: run_id, "arinv.sweep": sw.name},
@@ -210,15 +152,13 @@ def trial(config: dict) -> None:
     row: dict = {"trial": name, "trial_run": run_id}
     if sw.search is None:
         eps = float(config["eps"])
-        enc_cfg, gen_cfg = eps_configs(sw, eps)
+        enc_cfg, gen_cfg = table_a3.trial_configs(sw, eps)
         enc = train_encoder(enc_cfg, launch("encoder"))
-        rob, radius = enc["robustness"], sw.attack_eps(eps)
         gen_cfg = dataclasses.replace(gen_cfg, encoder=dataclasses.replace(
             gen_cfg.encoder, checkpoint=enc["stored_checkpoint"]))
-        params = {"eps": eps, "attack_eps": radius}
-        row.update(eps=eps, attack_eps=radius, standard_acc=rob["clean"],
-                   pgd_acc=rob["pgd"][str(float(radius))], encoder_run=enc["run_id"],
-                   encoder_checkpoint=enc["stored_checkpoint"])
+        params = {"eps": eps,
+                  "attack_eps": table_a3.attack_radius(eps, sw.standard_attack_eps)}
+        row.update(encoder_run=enc["run_id"], encoder_checkpoint=enc["stored_checkpoint"])
     else:
         weights = {k: float(v) for k, v in config["weights"].items()}
         gen_cfg = weights_config(sw, weights, name)
@@ -227,6 +167,8 @@ def trial(config: dict) -> None:
                    encoder_checkpoint=sw.search.encoder)
     gen = train_generator(gen_cfg, launch("generator"))
     q = gen["quality"]
+    if sw.search is None:
+        row.update(table_a3.row(eps, sw.standard_attack_eps, enc["robustness"], q))
     row.update(psnr=q["psnr"], ssim=q["ssim"], lpips=_nan(q["lpips"]),
                epochs=gen_cfg.optim.epochs, generator_run=gen["run_id"],
                generator_checkpoint=gen["stored_checkpoint"])
@@ -260,7 +202,7 @@ def run_sweep(sw: SweepConfig, run: Launch) -> dict:
         storage.check_access(run.storage_path, write=True)
     _check_relaunch(sw, run)
     if sw.search is not None:  # an unknown registry URI or missing file fails here
-        from pipelines.train_generator import encoder_file
+        from pipelines.registry import encoder_file
 
         encoder_file(cfgs[0], run.tracking(), run.model_cache)
     first = cfgs[0][0] if isinstance(cfgs[0], tuple) else cfgs[0]
@@ -357,11 +299,12 @@ def _row(sw: SweepConfig, result) -> dict:
     if m.get("trial_complete"):  # the trial's own row, without Tune's bookkeeping
         return {**{k: v for k, v in m.items() if k in ROW_KEYS or k.startswith("lambda_")},
                 "status": "complete"}
-    row = {"trial": eps_trial(cfg["eps"]) if sw.search is None else m.get("trial_id"),
+    row = {"trial": trial_name(cfg["eps"]) if sw.search is None else m.get("trial_id"),
            "psnr": _nan(m.get("val_psnr")), "ssim": _nan(m.get("val_ssim")),
            "lpips": _nan(m.get("val_lpips")), "epochs": int(m.get("epoch", 0))}
     if sw.search is None:
-        row.update(eps=float(cfg["eps"]), attack_eps=sw.attack_eps(float(cfg["eps"])),
+        eps = float(cfg["eps"])
+        row.update(eps=eps, attack_eps=table_a3.attack_radius(eps, sw.standard_attack_eps),
                    standard_acc=math.nan, pgd_acc=math.nan)
     else:
         row.update({f"lambda_{k}": float(v) for k, v in cfg.get("weights", {}).items()})
@@ -381,7 +324,7 @@ def _close_unfinished(uri: str, run: Launch, sw: SweepConfig, rows: list) -> Non
             continue
         status = "FAILED" if row["status"].startswith("failed") else "KILLED"
         keys = [f"{run.run_key(sw.name)}/{row['trial']}"] + [
-            run.run_key(run_name(sw, row["trial"], kind)) for kind in ("encoder", "generator")]
+            run.run_key(run_name(sw.name, row["trial"], kind)) for kind in ("encoder", "generator")]
         for key in keys:
             run_id = tracking.find_run(uri, run.experiment, key)
             if run_id:
@@ -393,14 +336,14 @@ def _close_unfinished(uri: str, run: Launch, sw: SweepConfig, rows: list) -> Non
 def _register(sw: SweepConfig, best: dict, uri: str, alias: str, cache: str) -> dict:
     """Register the best trial's encoder (eps sweeps) and its autoencoder under ``alias``."""
     from pipelines import registry
-    from pipelines.train_generator import encoder_file
+    from pipelines.registry import encoder_file
     from pipelines.trainer import stored_file
 
     out = {}
     if sw.search is None:
-        enc_cfg, gen_cfg = eps_configs(sw, best["eps"])
+        enc_cfg, gen_cfg = table_a3.trial_configs(sw, best["eps"])
         enc_file = stored_file(best["encoder_checkpoint"], cache)
-        name = f"arinv-{enc_cfg.model.name}"
+        name = f"arinv-{enc_cfg.encoder.name}"
         if not _registered(uri, name, alias, best["encoder_run"]):
             registry.register_encoder(uri, best["encoder_run"], enc_file, name=name, alias=alias)
         out["encoder"] = f"models:/{name}@{alias}"
@@ -454,7 +397,7 @@ def _check_relaunch(sw: SweepConfig, run: Launch) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from arinv.cli import main as cli_main
+    from pipelines.cli import main as cli_main
 
     return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 

@@ -10,26 +10,11 @@ import math
 from pathlib import Path
 
 from arinv.config import SWEEP_METRICS, SweepConfig, resolve_preset
+from arinv.experiments import table_a3
+from arinv.experiments.table_a3 import _fmt
 
 TABLE_MD, TABLE_CSV, TRIALS_CSV = "table_a3.md", "table_a3.csv", "trials.csv"
 SEARCH_MD, PLOT, GRIDS = "search.md", "sweep.png", "reconstructions.png"
-
-# Table A3's rows: (label, row key, format)
-A3_ROWS = [("Standard accuracy (%)", "standard_acc", "pct"),
-           ("ℓ2 PGD accuracy (%)", "pgd_acc", "pct"),
-           ("attacked at ε", "attack_eps", "g"),
-           ("PSNR (dB) ↑", "psnr", ".4f"),
-           ("SSIM ↑", "ssim", ".4f"),
-           ("LPIPS ↓", "lpips", ".4f")]
-
-
-def _fmt(v, how: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if how == "pct":
-        return f"{100 * v:.2f}"
-    return format(v, how)
-
 
 def best(sw: SweepConfig, rows: list) -> dict | None:
     """The complete trial with the best ``select`` (eps sweep) / ``search.metric`` value."""
@@ -37,22 +22,6 @@ def best(sw: SweepConfig, rows: list) -> dict | None:
     sign = 1 if SWEEP_METRICS[metric] == "max" else -1
     done = [r for r in rows if r["status"] == "complete" and not math.isnan(r[metric])]
     return max(done, key=lambda r: sign * r[metric]) if done else None
-
-
-def table_a3(rows: list) -> tuple[str, str]:
-    """(markdown, CSV) in Table A3's layout: one column per eps, one row per measurement."""
-    rows = sorted(rows, key=lambda r: r["eps"])
-    head = [f"ε = {r['eps']:g}" for r in rows]
-    md = ["| | " + " | ".join(head) + " |", "|---|" + "---|" * len(rows)]
-    buf = io.StringIO()
-    out = csv.writer(buf)
-    out.writerow(["measure", *[f"eps={r['eps']:g}" for r in rows]])
-    for label, key, how in A3_ROWS:
-        md.append(f"| {label} | " + " | ".join(_fmt(r.get(key), how) for r in rows) + " |")
-        out.writerow([key, *["" if _fmt(r.get(key), "g") == "n/a" else r[key] for r in rows]])
-    md.append("| trial | " + " | ".join(r["status"] for r in rows) + " |")
-    out.writerow(["status", *[r["status"] for r in rows]])
-    return "\n".join(md) + "\n", buf.getvalue()
 
 
 def search_table(rows: list, metric: str) -> str:
@@ -91,7 +60,7 @@ def write(workdir: Path, sw: SweepConfig, rows: list, tracking_uri: str) -> dict
     workdir.mkdir(parents=True, exist_ok=True)
     files = []
     if sw.search is None:
-        md, table = table_a3(rows)
+        md, table = table_a3.table(rows)
         (workdir / TABLE_CSV).write_text(table)
         (workdir / TABLE_MD).write_text(
             f"# Sweep {sw.name}: reconstruction against robustness (Table A3 layout)\n\n"

@@ -188,18 +188,49 @@ class RunLogger:
     per-request retries in this process become short (:data:`SHORT_HTTP_SETTINGS`, only where
     the variables are unset): MLflow's default backoff would delay recovery by minutes.
     Call ``close`` at the end: the thread is a daemon, so unflushed items die with the process.
+
+    The queue is bounded, so a long outage cannot grow memory without limit: it holds at most
+    ``max_pending`` units, one per metric point and one per params, tags or artifact call.
+    At the bound:
+
+    * a metrics batch never waits. The queued metric points (all but those being delivered)
+      and the new batch are coalesced: per (key, step) only the latest value is kept, then, if
+      that is still too many, each key keeps only its newest N steps (N as large as fits, the
+      same for every key; keys with fewer points keep them all), down to 7/8 of the room so
+      the next batches append without coalescing again. The oldest points are dropped; params,
+      tags, artifacts and the final status never are. A warning (at most one a minute) says
+      how many points were dropped; ``dropped_metrics`` counts them.
+    * params / tags / artifacts first make room by dropping the oldest metric points as above;
+      when only non-metric items (or the batch being delivered) fill the queue, the call
+      waits until the delivery thread frees room, for at most ``put_timeout`` seconds
+      (default 30: a short hiccup costs nothing, a long outage at most that per call), then
+      drops the item with a warning (``dropped_items`` counts them).
+    * the final status of ``close`` is always queued (it may exceed the bound by one).
+
+    Anything dropped makes ``flush`` / ``close`` return False, like a refused item.
     """
 
     def __init__(self, tracking_uri: str, run_id: str, *, retry_interval: float = 5.0,
-                 short_http_retries: bool = True):
+                 short_http_retries: bool = True, max_pending: int = 10_000,
+                 put_timeout: float = 30.0):
+        if max_pending < 1:
+            raise ValueError(f"max_pending={max_pending}: must be >= 1")
         if short_http_retries:
             for k, v in SHORT_HTTP_SETTINGS.items():
                 os.environ.setdefault(k, v)
         self.tracking_uri, self.run_id, self.retry_interval = tracking_uri, run_id, retry_interval
+        self.max_pending, self.put_timeout = max_pending, put_timeout
         self.rejected = 0                    # items the server refused
-        self._items: deque = deque()         # (kind, payload); popped once delivered
+        self.dropped_metrics = 0             # metric points dropped at the bound
+        self.dropped_items = 0               # params / tags / artifacts dropped at the bound
+        self._items: deque = deque()         # (kind, payload, seq); popped once delivered
+        self._units = 0                      # queued metric points + other items (<= max_pending)
         self._cond = threading.Condition()
-        self._queued = self._handled = 0
+        self._order = itertools.count(1)     # seq: flush waits for the items queued before it
+        self._last_seq = 0
+        self._inflight = 0                   # head items the thread is delivering: never coalesced
+        self._dropped_unwarned = 0
+        self._next_drop_warning = 0.0
         self._closed = self._stop = self._retry_now = False
         self._spool = Path(tempfile.mkdtemp(prefix="arinv-mlflow-spool-"))
         self._seq = itertools.count()
@@ -212,9 +243,11 @@ class RunLogger:
                                         daemon=True)
         self._thread.start()
 
-    # -- training side: never blocks on the network
+    # -- training side: never blocks on the network (only, at the bound, non-metric items may
+    # wait up to put_timeout for room)
     @property
     def pending(self) -> int:
+        """Queued items (a metrics item holds one or more points)."""
         return len(self._items)
 
     def log_params(self, params: dict) -> None:
@@ -252,7 +285,8 @@ class RunLogger:
             _log.warning("RunLogger: cannot copy artifact %s for upload (%s); skipped", src, e)
             shutil.rmtree(dst.parent, ignore_errors=True)
             return
-        self._put("artifact", (dst, artifact_path))
+        if not self._put("artifact", (dst, artifact_path)):
+            shutil.rmtree(dst.parent, ignore_errors=True)
 
     def set_tags(self, tags: dict) -> None:
         clean = [RunTag(str(k), str(v)[:_MAX_TAG_VALUE]) for k, v in tags.items()]
@@ -260,18 +294,24 @@ class RunLogger:
             self._put("tags", clean)
 
     def flush(self, timeout: float = 120.0) -> bool:
-        """True when everything queued so far was delivered (none refused) within ``timeout``."""
+        """True when everything queued so far was delivered (none refused, none dropped at the
+        bound) within ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            target = self._queued
+            target = self._last_seq
             self._retry_now = True
             self._cond.notify_all()
-            while self._handled < target and self._thread.is_alive():
+            # Items stay in seq order (coalesced metrics take the newest seq of what they hold).
+            def waiting():
+                return bool(self._items) and self._items[0][2] <= target
+
+            while waiting() and self._thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return self._handled >= target and self.rejected == 0
+            return (not waiting() and self.rejected == 0 and self.dropped_metrics == 0
+                    and self.dropped_items == 0)
 
     def close(self, status: str | None = None, timeout: float = 120.0) -> bool:
         """Flush, optionally mark the run ``status`` (FINISHED / FAILED / KILLED), stop the
@@ -287,6 +327,8 @@ class RunLogger:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+            if self._dropped_unwarned:
+                self._warn_dropped(force=True)
         if self.pending:
             _log.warning("RunLogger: %d item(s) for run %s not delivered to %s within %.0f s; "
                          "given up (artifact copies left in %s)", self.pending, self.run_id,
@@ -300,12 +342,101 @@ class RunLogger:
         if self._closed:
             raise RuntimeError(f"RunLogger for run {self.run_id} is closed; create a new one")
 
-    def _put(self, kind: str, payload) -> None:
+    def _put(self, kind: str, payload) -> bool:
+        """Queue an item; False when it was dropped at the bound (see the class docstring)."""
         self._check_open()
         with self._cond:
-            self._items.append((kind, payload))
-            self._queued += 1
-            self._cond.notify_all()
+            try:
+                if kind == "metrics":
+                    if self._units + len(payload) > self.max_pending:
+                        self._coalesce(payload)
+                    else:
+                        self._append(kind, payload)
+                    return True
+                if kind != "terminate" and not self._wait_for_room():
+                    self.dropped_items += 1
+                    _log.warning("RunLogger: %d item(s) pending for run %s (max_pending=%d) and "
+                                 "no room after %g s; dropped %s", self.pending, self.run_id,
+                                 self.max_pending, self.put_timeout, kind)
+                    return False
+                self._append(kind, payload)
+                return True
+            finally:
+                self._cond.notify_all()
+
+    def _append(self, kind: str, payload, seq: int | None = None) -> None:
+        if seq is None:
+            seq = self._last_seq = next(self._order)
+        self._items.append((kind, payload, seq))
+        self._units += _units(kind, payload)
+
+    def _popleft(self) -> None:
+        kind, payload, _ = self._items.popleft()
+        self._units -= _units(kind, payload)
+
+    def _wait_for_room(self) -> bool:
+        """Room for one non-metric item: drop old metric points, else wait for delivery."""
+        deadline = time.monotonic() + self.put_timeout
+        while self._units + 1 > self.max_pending:
+            if self._coalesce(None, room=1):
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop:
+                return False
+            self._cond.wait(left)
+        return True
+
+    def _coalesce(self, batch: list | None, room: int = 0) -> bool:
+        """Merge the queued metric points (past the head being delivered) with ``batch`` and
+        keep what fits in the bound less ``room`` units. False when nothing could be freed."""
+        start = max(self._inflight, self._unmerged)
+        head = list(itertools.islice(self._items, 0, start))
+        rest = list(itertools.islice(self._items, start, None))
+        others = [item for item in rest if item[0] != "metrics"]
+        metric_items = [item for item in rest if item[0] == "metrics"]
+        if batch is None and not metric_items:
+            return False
+        latest: dict = {}                # (key, step) -> Metric, in order of the latest value
+        for m in itertools.chain((m for item in metric_items for m in item[1]), batch or ()):
+            latest.pop((m.key, m.step), None)
+            latest[(m.key, m.step)] = m
+        points = list(latest.values())
+        budget = self.max_pending - room - sum(_units(*item[:2]) for item in head + others)
+        if batch is None and budget < 0:
+            return False                 # non-metric items fill the queue: dropping cannot help
+        dropped = 0
+        if len(points) > budget:
+            keep = _newest_per_key(points, max(0, budget - budget // 8))
+            dropped = len(points) - len(keep)
+            points = keep
+        # The merged points go after the other items, with a seq no older than theirs: the
+        # queue stays in seq order, so flush never returns while an older point is queued.
+        if batch is not None:
+            seq = self._last_seq = next(self._order)
+        else:
+            seq = max(item[2] for item in rest)
+        self._items.clear()
+        self._units = 0
+        for item in head + others:
+            self._append(*item)
+        for i in range(0, len(points), _MAX_METRICS_PER_BATCH):
+            self._append("metrics", points[i:i + _MAX_METRICS_PER_BATCH], seq)
+        if dropped:
+            self.dropped_metrics += dropped
+            self._dropped_unwarned += dropped
+            self._warn_dropped()
+        return dropped > 0 or self._units + room <= self.max_pending
+
+    def _warn_dropped(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next_drop_warning:
+            _log.warning("RunLogger: the queue for run %s (tracking at %s) reached "
+                         "max_pending=%d; dropped the %d oldest metric point(s) (%d in all so "
+                         "far), kept the newest steps of every metric", self.run_id,
+                         self.tracking_uri, self.max_pending, self._dropped_unwarned,
+                         self.dropped_metrics)
+            self._dropped_unwarned = 0
+            self._next_drop_warning = now + 60
 
     # -- delivery thread
     def _loop(self) -> None:
@@ -316,15 +447,17 @@ class RunLogger:
                 if self._stop:
                     return
                 items = self._head()
+                self._inflight = len(items)
             outcome = self._attempt(items)
             with self._cond:
+                self._inflight = 0
+                self._cond.notify_all()  # a producer waiting for room may now coalesce the head
                 if outcome == "split":
                     self._unmerged = len(items)
                     continue
                 if outcome != "retry":
                     for _ in items:
-                        self._items.popleft()
-                    self._handled += len(items)
+                        self._popleft()
                     self._unmerged = max(0, self._unmerged - len(items))
                     self._cond.notify_all()
                     continue
@@ -378,10 +511,10 @@ class RunLogger:
     def _deliver(self, items: list) -> None:
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
-        kind, payload = items[0]
+        kind, payload, _ = items[0]
         c, run_id = self._client, self.run_id
         if kind == "metrics":
-            c.log_batch(run_id, metrics=[m for _, batch in items for m in batch])
+            c.log_batch(run_id, metrics=[m for item in items for m in item[1]])
         elif kind == "params":
             self._deliver_params(payload)
         elif kind == "tags":
@@ -410,6 +543,36 @@ class RunLogger:
             chunk = [Param(k, new[k]) for k in keys[i:i + _MAX_PARAMS_TAGS_PER_BATCH]]
             self._client.log_batch(self.run_id, params=chunk)
             self._params.update((p.key, p.value) for p in chunk)
+
+
+def _units(kind: str, payload) -> int:
+    """What an item counts against ``RunLogger.max_pending``: its points, or 1."""
+    return len(payload) if kind == "metrics" else 1
+
+
+def _newest_per_key(points: list, limit: int) -> list:
+    """At most ``limit`` of ``points`` (Metrics, distinct (key, step)), in their order: each
+    key keeps its newest N steps, N the largest that fits (keys with fewer keep all); when not
+    even one step per key fits, the ``limit`` newest points overall."""
+    if limit <= 0:
+        return []
+    if len(points) <= limit:
+        return points
+    by_key: dict = {}
+    for i, m in enumerate(points):
+        by_key.setdefault(m.key, []).append((m.step, i))
+    lo, hi = 0, max(len(v) for v in by_key.values())
+    while lo < hi:                       # the largest N with sum(min(count, N)) <= limit
+        mid = (lo + hi + 1) // 2
+        if sum(min(len(v), mid) for v in by_key.values()) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        keep = sorted(range(len(points)), key=lambda i: (points[i].step, i))[-limit:]
+    else:
+        keep = [i for v in by_key.values() for _, i in sorted(v)[-lo:]]
+    return [points[i] for i in sorted(keep)]
 
 
 def _as_float(v) -> float | None:

@@ -1,10 +1,10 @@
-"""Ray Train plumbing shared by ``train_encoder`` and ``train_generator``.
+"""The Ray Train backend of the one training loop (``arinv.train.run.fit``).
 
 Driver side: ``Launch`` (where a run lives: Ray storage, MLflow, the local result folder),
 ``launch()`` (validates, finds or creates the run's MLflow run, builds the datasets and the
-``TorchTrainer``, fits, copies the final checkpoint home). Worker side: ``Worker`` (rank,
-device, DDP wrapping, restoring from ``ray.train.get_checkpoint()``, reporting an epoch with
-its checkpoint from rank 0, reducing per-worker metrics).
+``TorchTrainer``, fits, copies the final checkpoint home). Worker side: ``worker_loop`` builds
+the run's task and feeds it to ``fit`` through a ``RayBackend`` (rank, device, this worker's
+part of the Ray Data stream, checkpoints through ``ray.train.report``, MLflow on rank 0).
 
 A run is identified by (storage path, run name): relaunching the same pair resumes from the
 latest checkpoint and logs into the same MLflow run.
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from arinv.config import ConfigError, flatten, to_dict
+from arinv.checkpoint import STATE, CheckpointError, check_arch, read_payload
+from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, build, flatten, migrate, to_dict
 from arinv.data import storage
-from arinv.train.runtime import resolve_device, seed_everything
-from arinv.train.state import resume, save_checkpoint
-
-STATE = "state.pt"  # the arinv checkpoint inside each Ray Train checkpoint directory
+from arinv.data.reader import load_manifest, run_shards
+from arinv.train.runtime import resolve_device
+from arinv.train.state import check_resumable
 
 
 @dataclass
@@ -85,38 +85,18 @@ def init_ray(address: str | None, scaling, runs: int = 1) -> None:
 
 
 def shard_sets(cfg, launch: Launch) -> str:
-    """The shard-set prefix (with ``train/`` and ``val/``); for ``data.shards: null`` and the
-    sample source, the bundled set written once under the run's storage."""
-    if cfg.data.shards:
-        return cfg.data.shards
-    if cfg.data.source != "sample":
-        raise ConfigError(f"data.shards: Ray pipelines stream shard sets; write {cfg.data.source} "
-                          "with 'arinv data write SRC/train DEST/train' and '... SRC/val "
-                          "DEST/val', then set data.shards=DEST")
-    d = cfg.data
-    name = f"sample-{d.train_per_class}-{d.val_per_class}"
-    local = write_sample_shards(launch.workdir / "shards" / name, d.train_per_class,
-                                d.val_per_class, progress=launch.progress)
-    if not storage.is_s3(launch.storage_path):
-        return str(local)
-    remote = f"{launch.storage_path.rstrip('/')}/datasets/{name}"
-    for split in ("train", "val"):  # multi-node workers cannot see the driver's disk
+    """The shard-set prefix (with ``train/`` and ``val/``) the run streams: ``data.shards``, or
+    the source written as shards under the workdir (``run_shards``, as for --local runs),
+    uploaded under the run's storage when that is S3 (multi-node workers cannot see the
+    driver's disk)."""
+    local = run_shards(cfg.data, launch.workdir, progress=launch.progress)
+    if cfg.data.shards or not storage.is_s3(launch.storage_path):
+        return local
+    remote = f"{launch.storage_path.rstrip('/')}/datasets/{Path(local).name}"
+    for split in ("train", "val"):
         if not storage.exists(f"{remote}/{split}/manifest.json"):
-            storage.upload_dir(local / split, f"{remote}/{split}")
+            storage.upload_dir(Path(local) / split, f"{remote}/{split}")
     return remote
-
-
-def write_sample_shards(dest: Path, train_per_class: int, val_per_class: int, *,
-                        progress: bool = True) -> Path:
-    """The bundled sample set as ``dest/train`` and ``dest/val`` shard sets (kept if present)."""
-    from arinv.data.shards import MANIFEST, write_shards
-
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        if not (dest / split / MANIFEST).is_file():
-            write_shards(f"sample:{split}:{per_class}", dest / split, samples_per_shard=256,
-                         max_resolution=500, jpeg_quality=95, compress_probability=1.0,
-                         overwrite=True, progress=progress, executor="process")
-    return dest
 
 
 def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) -> dict:
@@ -124,7 +104,7 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     (its workers read the local shards themselves)."""
     from ray.data import DataContext
 
-    from pipelines.ray_data import load_manifest, read_shards
+    from pipelines.ray_data import read_shards
 
     DataContext.get_current().enable_progress_bars = progress
     # a missing or incomplete set fails here, not in a worker
@@ -233,63 +213,61 @@ def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
     return (str(found[-1]), found[-1].read_bytes()) if found else None
 
 
-def check_resume(storage_path: str, name: str, *, kind: str, arch: dict, config: dict) -> None:
+def check_resume(storage_path: str, name: str, *, task) -> None:
     """Refuse, before any worker starts, a run whose storage holds a checkpoint of another
     kind, architecture or incompatible config (a worker would fail on it max_failures times)."""
     import io
-
-    from arinv.train.state import CheckpointError, check_arch, check_resumable
 
     found = latest_state(storage_path, name)
     if found is None:
         return
     where, data = found
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"{where}: cannot be read as a checkpoint ({e}); remove the run "
-                              f"folder {storage_path}/{name} or use another --run-name") from None
-    if payload.get("kind") != kind:
+        payload = read_payload(where, io.BytesIO(data))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (remove the run folder {storage_path}/{name} or use "
+                              "another --run-name)") from None
+    if payload.get("kind") != task.kind:
         raise CheckpointError(f"{where}: holds a {payload.get('kind')} checkpoint, this run is "
-                              f"a {kind} run; use another --run-name")
-    check_arch(where, payload["arch"], arch)
-    check_resumable(where, flatten(payload["config"]), config)
+                              f"a {task.kind} run; use another --run-name")
+    check_arch(where, payload["arch"], task.arch)
+    check_resumable(where, flatten(migrate(task.cls, payload["config"])), flatten(task.cfg))
 
 
-def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int, augment: bool,
-           extra: dict | None = None) -> dict:
-    """Fit ``loop`` (a worker function taking the train-loop config dict) under Ray Train and
-    return ``{"run_id", "checkpoint_dir", "stored_checkpoint", "metrics", "result"}``; the final
+def launch(task, launch: Launch) -> dict:
+    """Fit ``task`` (``arinv.train.tasks``) under Ray Train and return ``{"run_id",
+    "tracking_uri", "checkpoint_dir", "stored_checkpoint", "metrics", "result"}``; the final
     checkpoint directory is copied to ``launch.workdir / "final"`` (``stored_checkpoint``: its
-    ``state.pt`` in the run's storage, readable from every node)."""
+    ``state.pt`` in the run's storage, readable from every node). A generator's registry URI
+    was resolved by the driver to build ``task``; each worker resolves it again on its node."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pipelines import tracking
 
-    sc = cfg.scaling
+    cfg, sc = task.cfg, task.cfg.scaling
     micro, _ = sc.accumulation(cfg.optim.batch_size)  # raises ConfigError before any work
     name = launch.run_name or cfg.name
     if storage.is_s3(launch.storage_path):
         storage.check_access(launch.storage_path, write=True)
-    check_resume(launch.storage_path, name, kind=kind, arch=arch, config=flatten(cfg))
+    check_resume(launch.storage_path, name, task=task)
     root = shard_sets(cfg, launch).rstrip("/")  # may fork shard writers: before Ray starts
+    task.check_classes(load_manifest(f"{root}/train")["classes"], f"shard set {root}/train")
     init_ray(launch.address, sc)
     uri = launch.tracking()
     run_id = tracking.find_or_create_run(
         uri, launch.experiment, launch.run_key(name), run_name=name,
-        tags={"arinv.kind": kind, "arinv.preset": cfg.name, **launch.extra_tags})
+        tags={"arinv.kind": task.kind, "arinv.preset": cfg.name, **launch.extra_tags})
     driver_log = tracking.RunLogger(uri, run_id)
     driver_log.log_params(flatten(cfg))
     driver_log.set_tags({"arinv.storage": launch.run_key(name), "arinv.micro_batch": micro})
     driver_log.close(timeout=60)
-    ds = datasets(cfg, root, resolution, augment=augment, progress=launch.progress)
+    ds = datasets(cfg, root, task.resolution, augment=task.augment, progress=launch.progress)
     trainer = TorchTrainer(
-        loop,
-        train_loop_config={"cfg": to_dict(cfg), "tracking_uri": uri, "run_id": run_id,
-                           "progress": launch.progress, "model_cache": launch.model_cache,
-                           "data": {"shards": root, "resolution": resolution, "augment": augment},
-                           **(extra or {})},
+        worker_loop,
+        train_loop_config={"cfg": to_dict(cfg), "kind": task.kind, "tracking_uri": uri,
+                           "run_id": run_id, "progress": launch.progress,
+                           "model_cache": launch.model_cache, "shards": root},
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
             resources_per_worker={"CPU": sc.cpus_per_worker,
@@ -322,13 +300,36 @@ def launch(loop, cfg, launch: Launch, *, kind: str, arch: dict, resolution: int,
 # ----------------------------------------------------------------------------- worker
 
 
-class Worker:
-    """One Ray Train worker's view of the run: rank, device, DDP, checkpoints, reduction."""
+def worker_loop(config: dict) -> None:
+    """Every Ray Train worker's function: the run's task through the one training loop."""
+    from arinv.train.run import fit
+    from arinv.train.tasks import make_task
 
-    def __init__(self, cfg, seed: int, progress: bool = True):
+    cls = EncoderTrainConfig if config["kind"] == "encoder" else GeneratorTrainConfig
+    cfg = build(cls, config["cfg"])
+    enc = None
+    if cls is GeneratorTrainConfig:
+        from pipelines.registry import encoder_file
+
+        enc = encoder_file(cfg, config["tracking_uri"], config["model_cache"])
+    backend = RayBackend(make_task(cfg, encoder_checkpoint=enc), config)
+    try:
+        fit(backend.task, backend)
+    finally:
+        backend.close()
+
+
+class RayBackend:
+    """One Ray Train worker: its rank and device, its split of the Ray Data stream (or of the
+    node-local shards through ffcv's Loader), checkpoints reported through Ray Train (rank 0
+    attaches the directory; every rank reports every epoch), MLflow logging on rank 0."""
+
+    def __init__(self, task, config: dict):
         import ray.train
 
+        cfg = task.cfg
         ctx = ray.train.get_context()
+        self.task, self.config = task, config
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         if cfg.scaling.use_gpu:
             import ray.train.torch
@@ -338,96 +339,38 @@ class Worker:
             self.device = resolve_device("cpu")
         threads = max(1, int(cfg.scaling.cpus_per_worker))
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 only if cpus_per_worker is 1
-        self.seed = seed
-        self.chief = self.rank == 0
+        self.progress = config["progress"]
         from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = progress and self.chief
+        DataContext.get_current().enable_progress_bars = self.progress and self.rank == 0
         # mlflow 3.17's sqlite store trips a sqlalchemy deprecation warning in every process
         warnings.filterwarnings("ignore", message=".*noload.*")
+        self.log = None
+        if self.rank == 0:
+            from pipelines.tracking import RunLogger
 
-    def seed_epoch(self, epoch: int) -> None:
-        """Seeds depend on (epoch, rank) only, so a resumed run draws what the original would."""
-        seed_everything(self.seed + 1009 * epoch + self.rank)
+            self.log = RunLogger(config["tracking_uri"], config["run_id"])
 
-    def ddp(self, module):
-        if self.world == 1:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-    def join(self, *modules):
-        """DDP's join: ranks that run out of batches first shadow the others' collectives."""
-        from torch.distributed.algorithms.join import Join
-
-        ddp = [m for m in modules if isinstance(m, torch.nn.parallel.DistributedDataParallel)]
-        return Join(ddp) if ddp else contextlib.nullcontext()
-
-    def restore(self, *, kind: str, arch: dict, modules: dict,
-                config: dict) -> tuple[int, list, dict]:
-        """(next epoch, history, extras) from the latest reported checkpoint, or (0, [], {})."""
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return 0, [], {}
-        with ckpt.as_directory() as d:
-            start, history = resume(Path(d) / STATE, kind=kind, arch=arch, modules=modules,
-                                    config=config, map_location=self.device)
-            extras = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.name != STATE}
-        return start, history, extras
-
-    def report(self, metrics: dict, *, kind: str, arch: dict, modules: dict, cfg, epoch: int,
-               history: list, files: dict[str, bytes] | None = None) -> None:
-        """Every rank calls this once per epoch; rank 0 attaches the checkpoint."""
-        import ray.train
-
-        if not self.chief:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="arinv-ckpt-") as d:
-            save_checkpoint(Path(d) / STATE, kind=kind, arch=arch, modules=modules,
-                            config=to_dict(cfg), progress={"epoch": epoch, "history": history})
-            for name, data in (files or {}).items():
-                (Path(d) / name).write_bytes(data)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    def reduce(self, m: dict, keys: tuple[str, ...]) -> dict:
-        """Per-worker epoch summaries -> global: image-weighted means of ``keys`` (named by the
-        caller: a worker that got no batch has none), summed ``n``, images/s over the slowest
-        worker, mean data-wait share."""
-        n = float(m["n"])
-        vec = torch.tensor([m.get(k, 0.0) * n for k in keys]
-                           + [n, m["data_wait_s"] / max(m["seconds"], 1e-9)], dtype=torch.float64)
-        seconds = torch.tensor([m["seconds"]], dtype=torch.float64)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(vec)
-            dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        total = float(vec[len(keys)])
-        out = {k: float(vec[i]) / max(total, 1.0) for i, k in enumerate(keys)}
-        out.update(images=total, images_per_s=total / max(float(seconds), 1e-9),
-                   data_wait_share=float(vec[-1]) / self.world)
-        return out
-
-    def train_batches(self, cfg, config: dict, batch_size: int, epoch: int):
+    def train_batches(self, epoch: int, batch_size: int):
         """This worker's part of one training epoch, from the Ray Data stream or, with
         ``data.loader: ffcv``, from ffcv's Loader over the node-local shards."""
+        cfg = self.task.cfg
         if cfg.data.loader != "ffcv":
-            return self.batches("train", batch_size, shuffle=True)
+            return self._batches("train", batch_size, shuffle=True)
         from pipelines.ffcv_loader import ffcv_batches
 
-        d = config["data"]
-        return ffcv_batches(f"{d['shards']}/train", rank=self.rank, world=self.world,
-                            batch_size=batch_size, resolution=d["resolution"], train=d["augment"],
-                            epoch=epoch, seed=cfg.runtime.seed,
+        return ffcv_batches(f"{self.config['shards']}/train", rank=self.rank, world=self.world,
+                            batch_size=batch_size, resolution=self.task.resolution,
+                            train=self.task.augment, epoch=epoch, seed=cfg.runtime.seed,
                             crop_scale=(cfg.data.crop_min_scale, 1.0),
                             num_workers=max(1, int(cfg.scaling.cpus_per_worker)))
 
-    def batches(self, name: str, batch_size: int, *, shuffle: bool = False):
-        """A (uint8 images, labels) iterable over this worker's split of dataset ``name``;
-        ``shuffle`` mixes rows in a buffer of a few batches."""
+    def eval_batches(self, batch_size: int):
+        return self._batches("val", batch_size)
+
+    def _batches(self, name: str, batch_size: int, *, shuffle: bool = False):
+        """(uint8 images, labels) over this worker's split of dataset ``name``; ``shuffle``
+        mixes rows in a buffer of a few batches."""
         import ray.train
 
         it = ray.train.get_dataset_shard(name)
@@ -435,10 +378,38 @@ class Worker:
         for b in it.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, **buffer):
             yield b["image"], b["label"]
 
-    def logger(self, config: dict):
-        """The MLflow logger on rank 0 (None elsewhere: only rank 0 logs)."""
-        if not self.chief:
-            return None
-        from pipelines.tracking import RunLogger
+    @contextlib.contextmanager
+    def latest(self):
+        import ray.train
 
-        return RunLogger(config["tracking_uri"], config["run_id"])
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+    def save(self, epoch: int, write, metrics: dict) -> None:
+        """Every rank calls this once per epoch (``ray.train.report`` is a barrier); rank 0
+        attaches the checkpoint directory."""
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="arinv-ckpt-") as d:
+            write(d)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.log.log_metrics(metrics, step=step)
+
+    def log_files(self, files: dict[str, bytes], folder: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            for name, data in files.items():
+                (Path(d) / name).write_bytes(data)
+                self.log.log_artifact(Path(d) / name, folder)  # copied now, uploaded later
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()

@@ -2,7 +2,7 @@
 
     ray job submit --working-dir . -- python -m pipelines.write_shards SOURCE DEST [options]
 
-Same arguments and code path as 'arinv data write' (arinv.cli.data_write); the only difference is
+Same arguments and code path as 'arinv data write' (pipelines.cli.data_write); the only difference is
 that this always runs the shards as Ray tasks: on the cluster at --address / RAY_ADDRESS (set by
 'ray job submit'), else on a local cluster it starts for the run.
 """
@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from arinv.cli import DATA_EPILOG, add_data_write_arguments, data_write
+from pipelines.cli import DATA_EPILOG, add_data_write_arguments, data_write
 
 DESCRIPTION = """\
 Convert SOURCE into shard-00000.beton, ... and manifest.json (written last) in DEST, one Ray task

@@ -30,6 +30,21 @@ pick_python() {
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# pip_step WHAT PIP-ARGS...: run pip in the venv, output kept in $PIP_LOG and shown without the
+# "WARNING: Location" noise; setup stops at once, naming WHAT, when pip itself fails.
+pip_step() {
+  local what=$1 rc=0; shift
+  printf '\n$ pip %s\n' "$*" >> "$PIP_LOG"
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" >> "$PIP_LOG.step" 2>&1 || rc=$?
+  cat "$PIP_LOG.step" >> "$PIP_LOG"
+  grep -v "^WARNING: Location" "$PIP_LOG.step" >&2 || true   # grep's status only: none left
+  rm -f "$PIP_LOG.step"
+  if [ "$rc" -ne 0 ]; then
+    log "pip install of $what failed (exit $rc): see pip's messages above (also in $PIP_LOG)"
+    exit 1
+  fi
+}
+
 ensure_apt_packages() {
   local missing=()
   for p in "${APT_PACKAGES[@]}" "$@"; do
@@ -60,13 +75,13 @@ ensure_venv() {
     return 0
   fi
   log "installing arinv and its dependencies into $VENV (first run: a few minutes)"
-  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-  "${pip[@]}" install --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
-  "${pip[@]}" install "${TORCH_PAIR[@]}" 2>&1 | grep -v "^WARNING: Location" || true
-  "${pip[@]}" install -e "$ROOT[all,test,dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  # pip's own exit status is hidden by the filter above: check the result instead.
+  PIP_LOG=$VENV/.arinv-pip.log
+  : > "$PIP_LOG"
+  pip_step "pip, setuptools and wheel" install --upgrade pip setuptools wheel
+  pip_step "${TORCH_PAIR[*]}" install "${TORCH_PAIR[@]}"
+  pip_step "arinv[all,test,dev]" install -e "$ROOT[all,test,dev]"
   "$VENV/bin/python" -c "import torch, torchvision, arinv, ray, mlflow, ffcv" \
-    || { log "installation incomplete: see pip's messages above"; exit 1; }
+    || { log "pip succeeded, but importing torch, torchvision, arinv, ray, mlflow, ffcv fails: see the traceback above"; exit 1; }
   echo "$stamp" > "$VENV/.arinv-stamp"
 }
 

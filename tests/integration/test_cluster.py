@@ -20,7 +20,8 @@ def test_two_node_cluster_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow
     from arinv.config import EncoderTrainConfig, load_config
     from arinv.data import storage
     from pipelines.train_encoder import train_encoder
-    from pipelines.trainer import Launch, write_sample_shards
+    from arinv.data.reader import write_sample_shards
+    from pipelines.trainer import Launch
 
     local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
     shards = s3_prefix + "shards"
@@ -35,7 +36,7 @@ def test_two_node_cluster_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow
         cfg = load_config(EncoderTrainConfig, "tiny-sample-robust", [
             f"data.shards={shards}", "data.train_per_class=8", "data.val_per_class=4",
             "optim.batch_size=8", "optim.epochs=2", "attack.steps=2", "eval.every=1",
-            "eval.pgd_steps=2", "eval.max_images=16", "eval.epoch_images=8",
+            "eval.pgd_steps=2", "eval.images=16", "eval.epoch_images=8",
             "eval.pgd_eps=[0.5]", "scaling.num_workers=2", "scaling.cpus_per_worker=1"])
         run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "ray",
                      tracking_uri=mlflow_server.uri, experiment="cluster", alias="cluster",
@@ -64,11 +65,11 @@ def test_two_node_cluster_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow
 
 
 def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
-    from arinv.cli import main
+    from pipelines.cli import main
 
     toy = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
-           "optim.epochs=1", "attack.steps=2", "eval.pgd_steps=2", "eval.max_images=16",
-           "eval.epoch_images=8", "eval_images=8", "ri_steps=2"]
+           "optim.epochs=1", "attack.steps=2", "eval.pgd_steps=2", "eval.images=8",
+           "eval.epoch_images=8", "eval.ri_steps=2"]
     args = ["quickstart", "--workdir", str(tmp_path), "--no-progress"]
     for o in toy:
         args += ["--set", o]
@@ -106,7 +107,8 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix,
     from arinv.config import SweepConfig, load_config
     from arinv.data import storage
     from pipelines.sweep import run_sweep
-    from pipelines.trainer import Launch, write_sample_shards
+    from arinv.data.reader import write_sample_shards
+    from pipelines.trainer import Launch
 
     local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
     shards = s3_prefix + "shards"
@@ -117,8 +119,8 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix,
     sw = load_config(SweepConfig, "tiny-sample-sweep", [
         "name=s3sweep", "eps=[1.0]", f"shards={shards}",
         "encoder_set=[data.train_per_class=8, optim.batch_size=8, optim.epochs=1, attack.steps=2,"
-        " eval.pgd_steps=2, eval.max_images=16, eval.every=0, scaling.cpus_per_worker=1]",
-        "generator_set=[optim.batch_size=8, optim.epochs=1, eval_images=8, ri_steps=0, "
+        " eval.pgd_steps=2, eval.images=16, eval.every=0, scaling.cpus_per_worker=1]",
+        "generator_set=[optim.batch_size=8, optim.epochs=1, eval.images=8, eval.epoch_images=8, eval.ri_steps=0, "
         "scaling.cpus_per_worker=1]"])
     run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "runs",
                  tracking_uri=mlflow_server.uri, experiment="sweeps", progress=False)

@@ -13,16 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 from arinv.config import ConfigError, EncoderTrainConfig, GeneratorTrainConfig, load_config  # noqa: E402
-from pipelines.trainer import Launch, write_sample_shards  # noqa: E402
+from arinv.data.reader import write_sample_shards
+from pipelines.trainer import Launch  # noqa: E402
 
 # 8 classes x 8 train crops = 64 images (odd splits across workers are fine), 8 x 4 held out.
 TOY = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
-       "eval.pgd_steps=2", "eval.max_images=16", "eval.epoch_images=8",
+       "eval.pgd_steps=2", "eval.images=16", "eval.epoch_images=8",
        "eval.pgd_eps=[0.5]", "eval.every=1", "scaling.cpus_per_worker=1"]
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +88,7 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     # the generator takes its encoder from the registry; GAN loss on, so D is DDP-wrapped too
     gcfg = load_config(GeneratorTrainConfig, "tiny-sample-generator", [
         "data.train_per_class=8", "data.val_per_class=4", f"data.shards={shards}",
-        "optim.batch_size=8", "optim.epochs=2", "eval_images=8", "eval_every=1", "ri_steps=2",
+        "optim.batch_size=8", "optim.epochs=2", "eval.images=8", "eval.epoch_images=8", "eval.every=1", "eval.ri_steps=2",
         "scaling.num_workers=2", "scaling.cpus_per_worker=1", "loss.gan=1.0",
         "generator.discriminator=alexnet_small_conv5",
         "encoder.checkpoint=models:/arinv-alexnet_small@robust"])
@@ -98,6 +100,18 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     assert metric_steps(uri, g["run_id"], "loss_d") == [1, 2]
     arts = {a.path for a in client.list_artifacts(g["run_id"], "grids")}
     assert arts == {"grids/epoch_0001", "grids/epoch_0002"}
+
+    # the same config through the one loop in this process: same checkpoint and history shape
+    from arinv.train.local import fit_local
+
+    local = fit_local(gcfg, tmp_path / "gen-local", progress=False,
+                      encoder_checkpoint=r["checkpoint"])
+    states = [torch.load(c, weights_only=True) for c in (g["checkpoint"], local["checkpoint"])]
+    assert set(states[0]["state"]) == set(states[1]["state"]) == {
+        "generator", "opt_g", "sched_g", "discriminator", "opt_d", "sched_d"}
+    assert [set(h) for h in states[0]["progress"]["history"]] == \
+        [set(h) for h in states[1]["progress"]["history"]]
+    assert set(local["quality"]) == set(q) and (tmp_path / "gen-local" / "grids" / "epoch_0002").is_dir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(g["registered"])
     import numpy as np
@@ -106,18 +120,38 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     assert out["reconstruction"].shape == (2, 3, 128, 128)
 
 
-def test_wrong_architecture_checkpoint_is_refused(ray_cluster, shards, tmp_path):
+ENCODER_HISTORY = {"epoch", "loss", "acc", "lr", "images", "images_per_s", "data_wait_share"}
+EVALUATED = {"val_clean_acc", "val_pgd_acc_eps0.5"}
+FINAL = {"final_clean_acc", "final_pgd_acc_eps0.5"}
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_one_loop_behaves_the_same_under_both_backends(backend, ray_cluster, shards, tmp_path):
+    """The same tiny config through the one loop locally and on Ray Train: same checkpoint
+    contents and history fields, the evaluation cadence honoured, a relaunch with more epochs
+    resumes at the right epoch, and a relaunch with another architecture is refused."""
+    from arinv.checkpoint import CheckpointError
+    from arinv.train.local import fit_local
     from pipelines.train_encoder import train_encoder
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = dict(workdir=tmp_path / "w", storage_path=str(tmp_path / "ray"), tracking_uri=uri,
-               register=False, progress=False, run_name="same-name")
-    train_encoder(encoder_cfg(shards, "optim.epochs=1", preset="tiny-sample-standard"),
-                  Launch(**run))
-    other = encoder_cfg(shards, "optim.epochs=2", "model.name=resnet18_cifar_small",
-                        "model.resolution=32", preset="tiny-sample-standard")
-    with pytest.raises(Exception, match="different architecture"):
-        train_encoder(other, Launch(**run))
+    def fit(*extra):
+        cfg = encoder_cfg(shards, "eval.every=3", *extra, preset="tiny-sample-standard")
+        if backend == "local":
+            return fit_local(cfg, tmp_path / "w", progress=False)
+        return train_encoder(cfg, Launch(workdir=tmp_path / "w", register=False, progress=False,
+                                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+    first = torch.load(fit("optim.epochs=2")["checkpoint"], weights_only=True)
+    r = fit("optim.epochs=3")
+    state = torch.load(r["checkpoint"], weights_only=True)
+    assert set(state["state"]) == {"model", "optimizer", "scheduler"}
+    hist = state["progress"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3] and hist[:2] == first["progress"]["history"]
+    assert set(hist[0]) == ENCODER_HISTORY  # epoch 1: no check (every 3 epochs, and the last)
+    assert set(hist[1]) == set(hist[2]) == ENCODER_HISTORY | EVALUATED | FINAL
+    assert all(h["images"] == 64 for h in hist) and set(r["robustness"]["pgd"]) == {"0.5"}
+    with pytest.raises(CheckpointError, match="different architecture"):
+        fit("optim.epochs=4", "encoder.name=resnet18_cifar_small", "encoder.resolution=32")
 
 
 def test_config_errors_before_ray_work(shards, tmp_path):
@@ -189,7 +223,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, shards, tmp_path
     hist = json.loads((run.workdir / "metrics.json").read_text())
     import torch
 
-    state = torch.load(Path(box["r"]["checkpoint"]), weights_only=False)
+    state = torch.load(Path(box["r"]["checkpoint"]), weights_only=True)
     epochs = [h["epoch"] for h in state["progress"]["history"]]
     assert epochs == [1, 2, 3, 4]  # each planned epoch exactly once
     assert all(h["images"] == 64 for h in state["progress"]["history"])
@@ -219,7 +253,7 @@ def test_relaunch_after_the_driver_dies_resumes(ray_cluster, shards, tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     import torch
 
-    state = torch.load(tmp_path / "w" / "final" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "w" / "final" / "state.pt", weights_only=True)
     epochs = [h["epoch"] for h in state["progress"]["history"]]
     assert epochs == [1, 2, 3, 4] and len(done) >= 1
     assert len(run_ids(uri)) == 1
@@ -234,5 +268,5 @@ def test_ffcv_loader_feeds_two_workers_every_image_once(ray_cluster, shards, tmp
                                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     import torch
 
-    hist = torch.load(r["checkpoint"], weights_only=False)["progress"]["history"]
+    hist = torch.load(r["checkpoint"], weights_only=True)["progress"]["history"]
     assert [h["images"] for h in hist] == [64, 64] and 0 <= r["robustness"]["clean"] <= 1

@@ -152,7 +152,7 @@ def test_truncated_shard_is_named_when_streaming(ray_cluster, shard_set, tmp_pat
 
 
 def test_s3_end_to_end(ray_cluster, shard_set, s3_server, s3_env, s3_prefix, tmp_path):
-    from arinv.cli import main
+    from pipelines.cli import main
     from pipelines.ray_data import read_shards
 
     _, manifest = shard_set
@@ -169,7 +169,7 @@ def test_s3_end_to_end(ray_cluster, shard_set, s3_server, s3_env, s3_prefix, tmp
 
 
 def test_writing_to_a_missing_bucket_fails_before_any_work(s3_env, tmp_path, capsys):
-    from arinv.cli import main
+    from pipelines.cli import main
 
     assert main(["data", "write", "sample", "s3://no-such-bucket-arinv/x", "--no-progress"]) == 2
     assert "no-such-bucket-arinv" in capsys.readouterr().err

@@ -26,9 +26,9 @@ TOY = """extends: tiny-sample-sweep
 name: toy
 eps: [0.0, 1.0]
 encoder_set: [data.train_per_class=8, data.val_per_class=4, optim.batch_size=8,
-  eval.pgd_steps=2, eval.max_images=16, eval.epoch_images=8, "eval.pgd_eps=[0.5]", eval.every=1,
+  eval.pgd_steps=2, eval.images=16, eval.epoch_images=8, "eval.pgd_eps=[0.5]", eval.every=1,
   scaling.cpus_per_worker=1, optim.epochs=%d, attack.steps=2]
-generator_set: [optim.batch_size=8, optim.epochs=2, eval_images=8, ri_steps=0,
+generator_set: [optim.batch_size=8, optim.epochs=2, eval.images=8, eval.epoch_images=8, eval.ri_steps=0,
   scaling.cpus_per_worker=1]
 """ % ENCODER_EPOCHS
 
@@ -145,7 +145,7 @@ def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path
     sw = load_config(SweepConfig, "tiny-sample-weights", [
         "name=toyw", f"shards={shards}", "search.encoder=models:/arinv-alexnet_small@toy-best",
         "search.samples=3", "search.grace_period=1", "search.seed=1",
-        "generator_set=[optim.batch_size=8, optim.epochs=3, eval_images=8, ri_steps=0, "
+        "generator_set=[optim.batch_size=8, optim.epochs=3, eval.images=8, eval.epoch_images=8, eval.ri_steps=0, "
         "scaling.cpus_per_worker=1]"])
     result = run_sweep(sw, Launch(workdir=tmp_path / "w", tracking_uri=uri, progress=False))
     rows = result["rows"]
@@ -188,9 +188,9 @@ def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(eps_sweep, t
     sw = load_config(SweepConfig, str(eps_sweep["dir"] / "toy.yaml"), [
         "name=toyr", "eps=[1.0]", f"shards={shards}", "max_failures=1",
         "encoder_set=[data.train_per_class=8, optim.batch_size=8, eval.pgd_steps=2, "
-        "eval.max_images=16, eval.epoch_images=8, eval.every=0, scaling.cpus_per_worker=1, "
+        "eval.images=16, eval.epoch_images=8, eval.every=0, scaling.cpus_per_worker=1, "
         "optim.epochs=4, attack.steps=2]", "generator_set=[optim.batch_size=8, optim.epochs=1, "
-        "eval_images=8, ri_steps=0, scaling.cpus_per_worker=1]"])
+        "eval.images=8, eval.epoch_images=8, eval.ri_steps=0, scaling.cpus_per_worker=1]"])
     run = Launch(workdir=tmp_path / "w", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                  progress=False, register=False)
     box: dict = {}
@@ -209,7 +209,7 @@ def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(eps_sweep, t
     assert "r" in box, "the sweep did not finish after its trial died"
     (row,) = box["r"]["rows"]
     assert row["status"] == "complete"
-    state = torch.load(row["encoder_checkpoint"], weights_only=False)
+    state = torch.load(row["encoder_checkpoint"], weights_only=True)
     assert [h["epoch"] for h in state["progress"]["history"]] == [1, 2, 3, 4]
     client = mlflow.MlflowClient(run.tracking_uri)
     steps = [m.step for m in client.get_metric_history(row["encoder_run"], "images")]

@@ -26,9 +26,9 @@ from mlflow.tracking import MlflowClient
 
 from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, load_config, to_dict
 from arinv.models import create_encoder, create_generator
-from arinv.train.generator_loop import load_generator
-from arinv.train.loop import load_encoder
-from arinv.train.state import save_checkpoint
+from arinv.models.load import load_generator
+from arinv.models.load import load_encoder
+from arinv.checkpoint import save_checkpoint
 from pipelines.registry import fetch_checkpoint, register_autoencoder, register_encoder
 from pipelines.tracking import (
     RUN_KEY_TAG,

@@ -4,16 +4,48 @@ import sys
 
 import pytest
 
-from arinv.cli import main
+from pipelines.cli import main
 
 TINY = ["--set", "optim.epochs=1", "--set", "data.train_per_class=4", "--set",
         "data.val_per_class=2", "--set", "eval.pgd_eps=[0.5]", "--set", "eval.pgd_steps=2"]
 
 
 def test_import_arinv_pulls_in_no_ray_mlflow_or_boto3():
-    code = ("import sys, arinv, arinv.models, arinv.attacks, arinv.train.loop, arinv.metrics.robustness,"
-            " arinv.config, arinv.cli, arinv.data.local; "
-            "bad = [m for m in ('ray', 'mlflow', 'boto3') if m in sys.modules]; print(bad)")
+    code = ("import sys, arinv, arinv.models, arinv.attacks, arinv.train.run, arinv.train.local, "
+            "arinv.metrics.robustness, arinv.config, arinv.data.reader, arinv.experiments.table_a3; "
+            "bad = [m for m in ('ray', 'mlflow', 'boto3', 'pipelines') if m in sys.modules]; "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_library_imports_nothing_from_pipelines():
+    """Statically or through importlib: no 'pipelines' anywhere in arinv/'s code."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "arinv"
+    hits = [f"{p.relative_to(root.parent)}:{i}" for p in root.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"\bpipelines\b", line.split("#")[0]) and "import" in line
+            or "import_module" in line]
+    assert hits == []
+
+
+def test_loading_a_model_imports_no_training_stack(tmp_path):
+    """Consumers (pyfunc models, downstream code) load encoders and generators without the
+    optimisers' home, the training loop or Ray."""
+    from arinv.checkpoint import save_checkpoint
+    from arinv.config import EncoderTrainConfig, to_dict
+    from arinv.models import create_encoder
+
+    model = create_encoder("alexnet_small", num_classes=8)
+    path = save_checkpoint(tmp_path / "e.pt", kind="encoder", arch=model.arch,
+                           modules={"model": model}, progress={"epoch": 1},
+                           config=to_dict(EncoderTrainConfig()))
+    code = (f"import sys; from arinv.models.load import load_encoder; load_encoder({str(path)!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith(('arinv.train', 'ray', "
+            "'mlflow', 'pipelines'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -44,7 +76,8 @@ def test_train_then_eval_robustness(tmp_path, capsys):
                  "--local", "--no-progress", "--set", "attack.steps=2", *TINY]) == 0
     assert "clean accuracy" in capsys.readouterr().out
     out_json = tmp_path / "rob.json"
-    code = main(["eval-robustness", "--checkpoint", str(wd / "checkpoints" / "last.pt"),
+    code = main(["eval-robustness", "--checkpoint", str(wd / "checkpoint" / "state.pt"),
+                 "--workdir", str(tmp_path / "eval"),
                  "--eps", "0.25", "1.0", "--steps", "3", "--autoattack-eps", "1.0",
                  "--autoattack-version", "custom", "--autoattack-attacks", "apgd-ce",
                  "--json", str(out_json)])

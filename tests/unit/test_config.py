@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from arinv.config import (
@@ -6,10 +8,12 @@ from arinv.config import (
     EncoderTrainConfig,
     GeneratorTrainConfig,
     SweepConfig,
+    build,
     config_class,
     flatten,
     list_presets,
     load_config,
+    migrate,
     to_dict,
 )
 
@@ -52,8 +56,8 @@ def test_seed_recipe_presets(tmp_path):
     ("optim.lr=0", "optim.lr"),
     ("optim.batch_size=0", "optim.batch_size"),
     ("optim.momentum=1.5", "optim.momentum"),
-    ("model.name=vgg", "model.name"),
-    ("model.num_classes=1", "model.num_classes"),
+    ("encoder.name=vgg", "encoder.name"),
+    ("encoder.num_classes=1", "encoder.num_classes"),
     ("runtime.device=tpu", "runtime.device"),
     ("data.source=/nonexistent/imagenet", "data.source"),
     ("eval.pgd_eps=[-0.5]", "eval.pgd_eps"),
@@ -137,3 +141,54 @@ def test_generator_config_errors_name_the_field(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(GeneratorTrainConfig, "tiny-sample-generator", [override])
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("cls, preset, override, message", [
+    (EncoderTrainConfig, "tiny-sample-robust", "model.name=alexnet", "model: renamed to encoder"),
+    (EncoderTrainConfig, "tiny-sample-robust", "eval.max_images=9",
+     "eval.max_images: renamed to eval.images"),
+    (EncoderTrainConfig, "tiny-sample-robust", "data.num_workers=4",
+     "data.num_workers: removed"),
+    (GeneratorTrainConfig, "tiny-sample-generator", "eval_images=9",
+     "eval_images: renamed to eval.images"),
+    (GeneratorTrainConfig, "tiny-sample-generator", "eval_every=2",
+     "eval_every: renamed to eval.every"),
+    (GeneratorTrainConfig, "tiny-sample-generator", "ri_steps=2",
+     "ri_steps: renamed to eval.ri_steps"),
+])
+def test_an_old_field_name_is_refused_with_the_new_one(cls, preset, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(cls, preset, [override])
+
+
+def test_an_old_yaml_file_is_refused_with_the_new_name(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("extends: tiny-sample-robust\nmodel: {name: alexnet_small, num_classes: 8}\n")
+    with pytest.raises(ConfigError, match="old.yaml: model: renamed to encoder"):
+        load_config(EncoderTrainConfig, str(old))
+
+
+def test_a_config_stored_under_old_names_is_migrated():
+    old = to_dict(load_config(EncoderTrainConfig, "tiny-sample-robust"))
+    old["model"] = old.pop("encoder")
+    old["eval"]["max_images"] = old["eval"].pop("images")
+    old["data"]["num_workers"] = 0
+    cfg = build(EncoderTrainConfig, migrate(EncoderTrainConfig, old))
+    assert cfg == load_config(EncoderTrainConfig, "tiny-sample-robust")
+
+
+@pytest.mark.parametrize("override", ["attack.norm=l3", "eval.norm=L2", "data.loader=torch",
+                                      "runtime.device=tpu"])
+def test_enumerations_list_their_choices(override):
+    with pytest.raises(ConfigError, match=rf"{re.escape(override.split('=')[0])}: must be one "
+                                          r"of '"):
+        load_config(EncoderTrainConfig, "tiny-sample-robust", [override])
+
+
+def test_both_run_kinds_name_evaluation_and_encoder_fields_alike():
+    enc = load_config(EncoderTrainConfig, "tiny-sample-robust")
+    gen = load_config(GeneratorTrainConfig, "tiny-sample-generator")
+    assert enc.encoder.name == gen.encoder.name == "alexnet_small"
+    for field in ("every", "images", "epoch_images"):
+        assert hasattr(enc.eval, field) and hasattr(gen.eval, field)
+    assert not hasattr(enc.data, "num_workers")

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from arinv.cli import main
+from pipelines.cli import main
 from arinv.config import GeneratorTrainConfig, load_config
-from arinv.train.generator_loop import fit_generator
-from arinv.train.state import CheckpointError
+from arinv.checkpoint import CheckpointError
+from arinv.train.local import fit_local as fit_generator
 
 TINY = ["data.train_per_class=2", "data.val_per_class=1", "optim.batch_size=8",
-        "eval_images=8", "runtime.device=cpu", "ri_steps=0"]
+        "eval.images=8", "eval.epoch_images=8", "runtime.device=cpu", "eval.ri_steps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def encoder_ckpt(tmp_path_factory):
                  "--local", "--no-progress", "--set", "optim.epochs=1", "--set", "data.train_per_class=2",
                  "--set", "data.val_per_class=1", "--set", "eval.pgd_eps=[0.5]",
                  "--set", "eval.pgd_steps=1"]) == 0
-    return wd / "checkpoints" / "last.pt"
+    return wd / "checkpoint" / "state.pt"
 
 
 def _cfg(ckpt, epochs, *extra):
@@ -29,10 +29,11 @@ def test_fit_generator_writes_metrics_and_grid_and_resumes(tmp_path, encoder_ckp
     first = fit_generator(_cfg(encoder_ckpt, 1), tmp_path, progress=False)
     q = first["quality"]
     assert q["n"] == 8 and 0 < q["psnr"] < 60 and -1 <= q["ssim"] <= 1
-    assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+    assert (tmp_path / "checkpoint" / "reconstructions.png").stat().st_size > 1000
+    assert (tmp_path / "grids" / "epoch_0001" / "reconstructions.png").is_file()
     logs = []
     second = fit_generator(_cfg(encoder_ckpt, 2), tmp_path, progress=False, log=logs.append)
-    assert any("resuming" in m and "epoch 1/2" in m for m in logs)
+    assert any("checkpoint of epoch 1 found: resuming at epoch 2/2" in m for m in logs)
     assert [h["epoch"] for h in second["history"]] == [1, 2]
 
 
@@ -40,7 +41,7 @@ def test_gan_variant_trains_a_discriminator(tmp_path, encoder_ckpt):
     cfg = _cfg(encoder_ckpt, 1, "loss.gan=1.0", "generator.discriminator=alexnet_small_conv5")
     out = fit_generator(cfg, tmp_path, progress=False)
     assert {"loss_d", "d_real", "d_fake"} <= set(out["history"][0])
-    state = torch.load(out["checkpoint"], weights_only=False)["state"]
+    state = torch.load(out["checkpoint"], weights_only=True)["state"]
     assert {"generator", "discriminator", "opt_d"} <= set(state)
 
 
@@ -54,12 +55,12 @@ def test_resume_with_another_generator_architecture_is_refused(tmp_path, encoder
 def test_encoder_checkpoint_of_another_architecture_is_refused(tmp_path):
     wd = tmp_path / "resnet"
     assert main(["train-encoder", "--config", "tiny-sample-standard", "--workdir", str(wd),
-                 "--local", "--no-progress", "--set", "model.name=resnet18_cifar_small", "--set",
-                 "model.resolution=32", "--set", "optim.epochs=1", "--set",
+                 "--local", "--no-progress", "--set", "encoder.name=resnet18_cifar_small", "--set",
+                 "encoder.resolution=32", "--set", "optim.epochs=1", "--set",
                  "data.train_per_class=1", "--set", "data.val_per_class=1",
                  "--set", "eval.pgd_eps=[0.5]", "--set", "eval.pgd_steps=1"]) == 0
     with pytest.raises(CheckpointError, match="holds a resnet18_cifar_small encoder"):
-        fit_generator(_cfg(wd / "checkpoints" / "last.pt", 1), tmp_path / "g", progress=False)
+        fit_generator(_cfg(wd / "checkpoint" / "state.pt", 1), tmp_path / "g", progress=False)
 
 
 def test_train_generator_cli(tmp_path, encoder_ckpt, capsys):
@@ -75,8 +76,8 @@ def test_train_generator_cli(tmp_path, encoder_ckpt, capsys):
 def test_ri_baseline_is_reported_beside_the_generator(tmp_path, encoder_ckpt):
     from PIL import Image
 
-    out = fit_generator(_cfg(encoder_ckpt, 1, "ri_steps=5"), tmp_path, progress=False)
+    out = fit_generator(_cfg(encoder_ckpt, 1, "eval.ri_steps=5"), tmp_path, progress=False)
     ri = out["quality"]["ri_baseline"]
     assert ri["psnr"] > 0 and -1 <= ri["ssim"] <= 1
-    w, h = Image.open(tmp_path / "reconstructions.png").size
+    w, h = Image.open(tmp_path / "checkpoint" / "reconstructions.png").size
     assert h > 3 * 128 and w > 8 * 128  # three rows: input, generator, RI

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arinv.cli import main
+from pipelines.cli import main
 from arinv.data.beton import RAW, BetonError, BetonReader, decode, write_beton
 from arinv.data.sample import sample_set
 from arinv.data import shards

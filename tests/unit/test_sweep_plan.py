@@ -10,10 +10,10 @@ import math
 import pytest
 
 from arinv.config import ConfigError, GeneratorTrainConfig, SweepConfig, load_config
+from arinv.experiments import table_a3
 from pipelines import sweep_report
 from pipelines.sweep import (
     alias_for,
-    eps_configs,
     plan,
     trial_concurrency,
     trial_resources,
@@ -27,15 +27,17 @@ def sweep(*overrides):
 
 def test_eps_trials_follow_table_a3():
     sw = sweep("eps=[0, 1.5]")
-    enc0, _ = eps_configs(sw, 0.0)
+    enc0, _ = table_a3.trial_configs(sw, 0.0)
     assert enc0.attack is None  # eps 0 = standard training, attacked at 0.25 for the table
     assert 0.25 in enc0.eval.pgd_eps and enc0.name == "tiny-sample-sweep-eps0-encoder"
-    enc, gen = eps_configs(sw, 1.5)
+    enc, gen = table_a3.trial_configs(sw, 1.5)
     assert enc.attack.eps == 1.5 and enc.attack.effective_step_size == pytest.approx(0.3)
     assert 1.5 in enc.eval.pgd_eps
     assert gen.encoder.checkpoint is None and gen.loss.gan == 0 and gen.loss.pix > 0
     assert gen.name == "tiny-sample-sweep-eps1.5-generator"
-    assert sw.attack_eps(0.0) == 0.25 and sw.attack_eps(2.0) == 2.0
+    assert table_a3.attack_radius(0.0, sw.standard_attack_eps) == 0.25
+    assert table_a3.attack_radius(2.0, sw.standard_attack_eps) == 2.0
+    assert SweepConfig().eps == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]  # the paper's grid
     assert len(plan(sw)) == 2
 
 
@@ -66,7 +68,7 @@ def test_weight_search_configs():
     sw = sweep("search.encoder=models:/arinv-alexnet_small@best", "search.pix=[1.0e-5, 1.0e-3]",
                "search.feat=[0.01, 0.01]", "search.grace_period=2")
     gen = weights_config(sw, {"pix": 3e-4, "feat": 0.01}, "t1")
-    assert (gen.loss.pix, gen.loss.feat, gen.eval_every) == (3e-4, 0.01, 1)
+    assert (gen.loss.pix, gen.loss.feat, gen.eval.every) == (3e-4, 0.01, 1)
     assert gen.encoder.checkpoint == "models:/arinv-alexnet_small@best"
     assert len(plan(sw)) == 2  # both corners of the space validate
     with pytest.raises(ConfigError, match="discriminator"):  # gan > 0 needs a discriminator
@@ -108,7 +110,7 @@ def rows():
 
 
 def test_table_a3_layout():
-    md, table = sweep_report.table_a3(rows())
+    md, table = table_a3.table(rows())
     lines = md.splitlines()
     assert lines[0] == "| | ε = 0 | ε = 1 | ε = 2 |"
     assert lines[2] == "| Standard accuracy (%) | 94.93 | 81.00 | n/a |"
@@ -118,6 +120,14 @@ def test_table_a3_layout():
     assert parsed[0] == ["measure", "eps=0", "eps=1", "eps=2"]
     by = {r[0]: r[1:] for r in parsed[1:]}
     assert float(by["psnr"][0]) == 14.7 and by["lpips"] == ["", "0.48", ""]
+
+
+def test_table_a3_row_takes_the_attack_radius_of_its_column():
+    rob = {"clean": 0.9, "pgd": {"0.25": 0.3, "1.0": 0.6}}
+    q = {"psnr": 20.0, "ssim": 0.5, "lpips": None}
+    r0, r1 = table_a3.row(0.0, 0.25, rob, q), table_a3.row(1.0, 0.25, rob, q)
+    assert (r0["attack_eps"], r0["pgd_acc"]) == (0.25, 0.3)
+    assert (r1["attack_eps"], r1["pgd_acc"]) == (1.0, 0.6) and math.isnan(r1["lpips"])
 
 
 def test_best_ignores_unfinished_trials_and_follows_the_metric():

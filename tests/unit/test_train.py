@@ -6,8 +6,9 @@ import torch.nn as nn
 
 from arinv.config import AttackConfig, EncoderTrainConfig, OptimConfig, load_config
 from arinv.models import create_encoder
-from arinv.train.loop import fit_encoder, load_encoder
-from arinv.train.state import CheckpointError, load_checkpoint, save_checkpoint
+from arinv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from arinv.models.load import load_encoder
+from arinv.train.local import fit_local as fit_encoder
 from arinv.train.steps import adversarial_step, build_optimizer, standard_step
 
 
@@ -107,7 +108,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     fit_encoder(_tiny(True, 1), tmp_path / "resumed", progress=False)
     logs = []
     resumed = fit_encoder(_tiny(True, 2), tmp_path / "resumed", progress=False, log=logs.append)
-    assert any("resuming" in m and "epoch 1/2" in m for m in logs)
+    assert any("checkpoint of epoch 1 found: resuming at epoch 2/2" in m for m in logs)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a, _ = load_encoder(straight["checkpoint"])
     b, _ = load_encoder(resumed["checkpoint"])
@@ -124,7 +125,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 def test_num_classes_mismatch_with_data_is_refused_before_training(tmp_path):
     from arinv.config import ConfigError
 
-    cfg = load_config(EncoderTrainConfig, "tiny-sample-standard", ["model.num_classes=10"])
-    with pytest.raises(ConfigError, match="model.num_classes: is 10 but .* has 8 classes"):
+    cfg = load_config(EncoderTrainConfig, "tiny-sample-standard", ["encoder.num_classes=10"])
+    with pytest.raises(ConfigError, match="encoder.num_classes: is 10 but .* has 8 classes"):
         fit_encoder(cfg, tmp_path, progress=False)
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "checkpoint").exists()

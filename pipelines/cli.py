@@ -1,4 +1,5 @@
-"""The ``arinv`` command. Thin: parses arguments, then calls the library or a pipeline."""
+"""The ``arinv`` command (and ``python -m pipelines.cli``). Thin: parses arguments, then calls
+the library (``--local`` training, evaluation, data) or a pipeline (Ray Train, Tune)."""
 
 from __future__ import annotations
 
@@ -83,8 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval-robustness", help="clean, PGD, FGSM and AutoAttack accuracy of a "
                        "trained encoder, with the gradient-masking sanity checks")
     e.add_argument("--checkpoint", required=True, help="an encoder checkpoint (train-encoder)")
-    e.add_argument("--data", default=None, help="evaluation data: 'sample' or an ImageFolder root "
-                   "with val/ (default: the data the encoder was trained on)")
+    e.add_argument("--data", default=None, metavar="URI",
+                   help="held-out data: a shard set (folder or s3://), a prefix holding val/, "
+                   "'sample' or an ImageFolder root with train/ and val/ (default: the data "
+                   "the encoder was trained on)")
+    e.add_argument("--workdir", default=str(Path.home() / ".cache" / "arinv" / "eval"),
+                   help="where sources other than shard sets are written as shards "
+                   "(default ~/.cache/arinv/eval)")
     e.add_argument("--eps", type=float, nargs="+", default=None, help="PGD radii")
     e.add_argument("--norm", choices=["l2", "linf"], default=None)
     e.add_argument("--steps", type=int, default=None, help="PGD steps (also runs 2x steps)")
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from arinv.data.shards import ShardError
     from arinv.data.sources import SourceError
     from arinv.data.storage import StorageError
-    from arinv.train.state import CheckpointError
+    from arinv.checkpoint import CheckpointError
 
     try:
         return _COMMANDS[args.command](args) or 0
@@ -266,27 +272,32 @@ def _launch(args, cfg):
                   address=args.address, progress=not args.no_progress)
 
 
-def _train(args, cls, fit_local, pipeline: str):
-    """(config, result, workdir): ``fit_local`` in this process with --local, else the Ray
-    Train pipeline ``pipelines.<pipeline>``."""
-    import importlib
-
+def _train(args, cls, pipeline):
+    """(config, result, workdir): the one training loop in this process with --local (no Ray,
+    no MLflow), else on Ray Train through ``pipeline``."""
     from arinv.config import load_config
 
     cfg = load_config(cls, args.config, args.set)
     if args.local:
+        from arinv.train.local import fit_local
+
         workdir = Path(args.workdir or Path("runs") / cfg.name)
-        return cfg, fit_local(cfg, workdir, progress=not args.no_progress), workdir
+        enc = None
+        if getattr(cfg.encoder, "checkpoint", None):  # a registry URI is fetched first
+            from pipelines.registry import encoder_file
+
+            enc = encoder_file(cfg, _launch(args, cfg).tracking(), None)
+        return cfg, fit_local(cfg, workdir, progress=not args.no_progress,
+                              encoder_checkpoint=enc), workdir
     run = _launch(args, cfg)
-    result = getattr(importlib.import_module(f"pipelines.{pipeline}"), pipeline)(cfg, run)
-    return cfg, result, run.workdir
+    return cfg, pipeline(cfg, run), run.workdir
 
 
 def _train_encoder(args) -> int:
     from arinv.config import EncoderTrainConfig
-    from arinv.train.loop import fit_encoder
+    from pipelines.train_encoder import train_encoder
 
-    cfg, result, workdir = _train(args, EncoderTrainConfig, fit_encoder, "train_encoder")
+    cfg, result, workdir = _train(args, EncoderTrainConfig, train_encoder)
     print(_report_text(result["robustness"]))
     print(f"checkpoint: {result['checkpoint']}\nmetrics:    {workdir / 'metrics.json'}")
     if result.get("registered"):
@@ -297,18 +308,19 @@ def _train_encoder(args) -> int:
 
 def _train_generator(args) -> int:
     from arinv.config import GeneratorTrainConfig
-    from arinv.train.generator_loop import fit_generator
+    from pipelines.train_generator import train_generator
 
-    cfg, result, workdir = _train(args, GeneratorTrainConfig, fit_generator, "train_generator")
+    cfg, result, workdir = _train(args, GeneratorTrainConfig, train_generator)
     q = result["quality"]
     lp = "n/a (LPIPS weights not installed)" if q["lpips"] is None else f"{q['lpips']:.4f}"
     print(f"held-out reconstruction on {q['n']} images: PSNR {q['psnr']:.2f} dB, "
           f"SSIM {q['ssim']:.4f}, LPIPS {lp}")
     if "ri_baseline" in q:
         r = q["ri_baseline"]
-        print(f"RI baseline (optimisation, {cfg.ri_steps} steps): PSNR {r['psnr']:.2f} dB, "
-              f"SSIM {r['ssim']:.4f}")
-    print(f"grid:       {result['grid']}\nmetrics:    {workdir / 'metrics.json'}")
+        print(f"RI baseline (optimisation, {cfg.eval.ri_steps} steps): PSNR {r['psnr']:.2f} "
+              f"dB, SSIM {r['ssim']:.4f}")
+    grid = result.get("grid") or result["files"]["reconstructions.png"]
+    print(f"grid:       {grid}\nmetrics:    {workdir / 'metrics.json'}")
     if result.get("registered"):
         print(f"registered: {result['registered']} (version {result['version']})")
     return 0
@@ -339,34 +351,57 @@ def _sweep(args) -> int:
 
 
 def _eval_robustness(args) -> int:
-    from arinv.config import validate
-    from arinv.data.local import local_loaders
-    from arinv.train.loop import collect, load_encoder
+    from arinv.config import ConfigError, validate
+    from arinv.data.reader import ShardBatches
     from arinv.metrics.robustness import robustness_report
+    from arinv.models.load import load_encoder
+    from arinv.train.run import collect
     from arinv.train.runtime import autocast_for, resolve_device
 
+    if args.autoattack_version == "custom" and not args.autoattack_attacks:
+        raise ConfigError("--autoattack-version custom: name the attacks to run with "
+                          "--autoattack-attacks (e.g. apgd-ce apgd-t)")
     device = resolve_device(args.device)
     model, cfg = load_encoder(args.checkpoint, device)
-    if args.data:
-        cfg.data.source = args.data
     ev = cfg.eval
     ev.pgd_eps = args.eps if args.eps is not None else ev.pgd_eps
     ev.norm, ev.pgd_steps = args.norm or ev.norm, args.steps or ev.pgd_steps
-    ev.max_images = args.max_images or ev.max_images
+    ev.images = args.max_images or ev.images
     validate(cfg)
-    resolution = cfg.model.resolution or model.input_size
-    _, val, _ = local_loaders(cfg.data, resolution, cfg.optim.batch_size, cfg.runtime.seed)
-    x, y = collect(val, ev.max_images)
+    resolution = cfg.encoder.resolution or model.input_size
+    val = ShardBatches(_held_out(args.data, cfg.data, args.workdir), cfg.optim.batch_size,
+                       resolution=resolution, train=False)
+    x, y = collect(val, ev.images)
     rep = robustness_report(
         model, x, y, eps_list=ev.pgd_eps, norm=ev.norm, steps=ev.pgd_steps,
         batch_size=cfg.optim.batch_size, autocast=autocast_for(device, cfg.runtime.amp),
         autoattack_eps=args.autoattack_eps, autoattack_version=args.autoattack_version,
         autoattack_attacks=args.autoattack_attacks)
-    print(f"{args.checkpoint}: {rep.n} images, {ev.norm} attacks")
+    print(f"{args.checkpoint}: {rep.n} images of {val.uri}, {ev.norm} attacks")
     print(rep.table())
     if args.json:
         Path(args.json).write_text(json.dumps(rep.as_dict(), indent=2))
     return 0 if all(c["passed"] for c in rep.checks) else 1
+
+
+def _held_out(data: str | None, data_cfg, workdir: str) -> str:
+    """The held-out shard set to evaluate on: ``data`` (a shard set, a prefix holding val/,
+    'sample' or an ImageFolder root), else the data the encoder was trained on; sources are
+    written as shards under ``workdir`` first."""
+    from arinv.data import storage
+    from arinv.data.reader import join, run_shards
+    from arinv.data.shards import MANIFEST
+
+    def has_manifest(uri: str) -> bool:
+        uri = join(uri, MANIFEST)
+        return storage.exists(uri) if storage.is_s3(uri) else Path(uri).is_file()
+
+    if data and has_manifest(data):
+        return data
+    if data:
+        data_cfg.shards, data_cfg.source = (data, data_cfg.source) if has_manifest(
+            join(data, "val")) else (None, data)
+    return join(run_shards(data_cfg, workdir), "val")
 
 
 def _data(args) -> int:

@@ -1,0 +1,142 @@
+"""A shard set read in one process, with numpy and the .beton reader alone (no Ray): the data
+path of ``--local`` runs and evaluations, and the shard plumbing the Ray Data stream shares.
+
+``ShardBatches`` yields ``(uint8 N x 3 x R x R, int64 N)`` batches decoded with the same crops as
+the Ray Data stream (``arinv.data.transforms.decode_crops``), in an order and with crops drawn
+from (seed, epoch), so a run is reproducible and a resumed run sees what the original would.
+Shards on S3 enter a node-local, size-bounded, sha256-verified cache first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import storage
+from .beton import BetonError, BetonReader
+from .shards import MANIFEST, ShardError, read_manifest, write_shards
+
+DEFAULT_CACHE = os.environ.get("ARINV_CACHE_DIR", "/tmp/arinv-shard-cache")
+DEFAULT_CACHE_BYTES = int(float(os.environ.get("ARINV_CACHE_BYTES", 50e9)))
+
+
+def join(prefix: str, name: str) -> str:
+    return prefix.rstrip("/") + "/" + name
+
+
+def load_manifest(uri: str) -> dict:
+    """The manifest of the shard set at ``uri`` (a folder or ``s3://`` prefix)."""
+    if storage.is_s3(uri):
+        storage.check_access(uri)
+        try:
+            return json.loads(storage.read_bytes(join(uri, MANIFEST)))
+        except storage.StorageError as e:
+            raise ShardError(f"{uri}: no readable {MANIFEST} ({e}); a shard set is complete only "
+                             "once its manifest is published") from None
+    return read_manifest(uri)
+
+
+def open_shard(uri: str, shard: dict,
+               cache: tuple[str, int] = (DEFAULT_CACHE, DEFAULT_CACHE_BYTES)) -> BetonReader:
+    """A reader for one shard of the set at ``uri``: S3 shards enter the node-local cache
+    sha256-verified; local ones get a cheap size check."""
+    path = join(uri, shard["file"])
+    if storage.is_s3(path):
+        local = storage.LocalCache(cache[0], cache[1]).fetch(path, sha256=shard["sha256"],
+                                                             size=shard["bytes"])
+    else:
+        local = Path(path)
+        actual = local.stat().st_size if local.exists() else None
+        if actual != shard["bytes"]:
+            raise ShardError(f"{local}: {actual} bytes on disk, the manifest says {shard['bytes']} "
+                             "(truncated or replaced); rewrite the shard set with 'arinv data write'")
+    return BetonReader.from_path(local)
+
+
+class ShardBatches:
+    """Batches over the shard set at ``uri``: random-resized-crop + flip (``train``) or resize
+    + centre crop, shuffled per epoch when ``shuffle`` (default: ``train``); the last batch
+    may be short (every sample once per epoch)."""
+
+    def __init__(self, uri: str, batch_size: int, *, resolution: int, train: bool,
+                 crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0,
+                 shuffle: bool | None = None):
+        self.uri, self.batch_size, self.resolution = uri, batch_size, resolution
+        self.train, self.crop_scale, self.seed = train, tuple(crop_scale), seed
+        self.shuffle = train if shuffle is None else shuffle
+        self.manifest = load_manifest(uri)
+        self.classes = self.manifest["classes"]
+        self.sizes = [s["num_samples"] for s in self.manifest["shards"]]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-sum(self.sizes) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from .transforms import decode_crops
+
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = sum(self.sizes)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        starts = np.cumsum([0] + self.sizes)
+        readers = [open_shard(self.uri, s) for s in self.manifest["shards"]]
+        try:
+            for i in range(0, n, self.batch_size):
+                idx = order[i:i + self.batch_size]
+                shard = np.searchsorted(starts, idx, side="right") - 1
+                recs = [readers[k].record(int(j - starts[k])) for k, j in zip(shard, idx)]
+                try:
+                    images = decode_crops([r.payload for r in recs], [r.mode for r in recs],
+                                          [r.width for r in recs], [r.height for r in recs],
+                                          split_transform="train" if self.train else "eval",
+                                          resolution=self.resolution, crop_scale=self.crop_scale,
+                                          rng=rng)
+                except BetonError as e:
+                    raise ShardError(f"{self.uri}: {e}; rewrite the shard set with 'arinv data "
+                                     "write'") from None
+                yield (torch.from_numpy(images),
+                       torch.tensor([r.label for r in recs], dtype=torch.int64))
+        finally:
+            for r in readers:
+                r.close()
+
+
+def run_shards(data, workdir: str | os.PathLike, *, progress: bool = True) -> str:
+    """The shard-set prefix (holding ``train/`` and ``val/``) a run with data config ``data``
+    reads: ``data.shards``, or ``data.source`` written as shards under ``workdir/shards`` once
+    (the bundled sample set, or an ImageFolder root's ``train/`` and ``val/``)."""
+    if data.shards:
+        return data.shards.rstrip("/")
+    root = Path(workdir).expanduser().resolve() / "shards"
+    if data.source == "sample":
+        return str(write_sample_shards(root / f"sample-{data.train_per_class}-"
+                                       f"{data.val_per_class}", data.train_per_class,
+                                       data.val_per_class, progress=progress))
+    src = Path(data.source).expanduser().resolve()
+    dest = root / f"{src.name}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}"
+    for split in ("train", "val"):
+        if not (dest / split / MANIFEST).is_file():
+            write_shards(src / split, dest / split, overwrite=True, progress=progress,
+                         executor="process")
+    return str(dest)
+
+
+def write_sample_shards(dest: str | os.PathLike, train_per_class: int, val_per_class: int, *,
+                        progress: bool = True) -> Path:
+    """The bundled sample set as ``dest/train`` and ``dest/val`` shard sets (kept if present)."""
+    dest = Path(dest)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        if not (dest / split / MANIFEST).is_file():
+            write_shards(f"sample:{split}:{per_class}", dest / split, samples_per_shard=256,
+                         max_resolution=500, jpeg_quality=95, compress_probability=1.0,
+                         overwrite=True, progress=progress, executor="process")
+    return dest
