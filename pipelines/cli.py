@@ -282,13 +282,10 @@ def _train(args, cls, pipeline):
         from arinv.train.local import fit_local
 
         workdir = Path(args.workdir or Path("runs") / cfg.name)
-        enc = None
-        if getattr(cfg.encoder, "checkpoint", None):  # a registry URI is fetched first
-            from pipelines.registry import encoder_file
+        from pipelines.registry import task_inputs
 
-            enc = encoder_file(cfg, _launch(args, cfg).tracking(), None)
-        return cfg, fit_local(cfg, workdir, progress=not args.no_progress,
-                              encoder_checkpoint=enc), workdir
+        inputs = task_inputs(cfg, _launch(args, cfg).tracking(), None)  # registry URIs fetched
+        return cfg, fit_local(cfg, workdir, progress=not args.no_progress, **inputs), workdir
     run = _launch(args, cfg)
     return cfg, pipeline(cfg, run), run.workdir
 

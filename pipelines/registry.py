@@ -180,6 +180,13 @@ def encoder_file(cfg, tracking_uri: str, cache: str | None) -> str | None:
     return ref
 
 
+def task_inputs(cfg, tracking_uri: str, cache: str | None) -> dict:
+    """The files a run's task needs, resolved to local paths (``make_task``'s inputs): a
+    generator's encoder checkpoint."""
+    ref = getattr(getattr(cfg, "encoder", None), "checkpoint", None)
+    return {"encoder_checkpoint": encoder_file(cfg, tracking_uri, cache)} if ref else {}
+
+
 def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,
                      part: str = "encoder", cache_dir=None) -> Path:
     """Local path of the arinv checkpoint inside a registered / logged arinv model

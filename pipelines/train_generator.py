@@ -34,7 +34,7 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
                           "models:/arinv-alexnet@robust")
     # an unknown registry URI fails here, before Ray starts
     enc_file = registry.encoder_file(cfg, run.tracking(), run.model_cache)
-    out = launch(GeneratorTask(cfg, enc_file), run)
+    out = launch(GeneratorTask(cfg, encoder_checkpoint=enc_file), run)
     final = out["checkpoint_dir"]
     quality = json.loads((final / QUALITY).read_text())
     result = {"name": cfg.name, "run_id": out["run_id"], "tracking_uri": out["tracking_uri"],

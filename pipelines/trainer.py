@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from arinv.checkpoint import STATE, CheckpointError, check_arch, read_payload
-from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, build, flatten, migrate, to_dict
+from arinv.config import build, flatten, migrate, to_dict
 from arinv.data import storage
 from arinv.data.reader import load_manifest, run_shards
 from arinv.train.runtime import resolve_device
@@ -303,16 +303,12 @@ def launch(task, launch: Launch) -> dict:
 def worker_loop(config: dict) -> None:
     """Every Ray Train worker's function: the run's task through the one training loop."""
     from arinv.train.run import fit
-    from arinv.train.tasks import make_task
+    from arinv.train.tasks import config_class, make_task
+    from pipelines.registry import task_inputs
 
-    cls = EncoderTrainConfig if config["kind"] == "encoder" else GeneratorTrainConfig
-    cfg = build(cls, config["cfg"])
-    enc = None
-    if cls is GeneratorTrainConfig:
-        from pipelines.registry import encoder_file
-
-        enc = encoder_file(cfg, config["tracking_uri"], config["model_cache"])
-    backend = RayBackend(make_task(cfg, encoder_checkpoint=enc), config)
+    cfg = build(config_class(config["kind"]), config["cfg"])
+    inputs = task_inputs(cfg, config["tracking_uri"], config["model_cache"])
+    backend = RayBackend(make_task(cfg, **inputs), config)
     try:
         fit(backend.task, backend)
     finally:

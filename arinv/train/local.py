@@ -83,7 +83,8 @@ def fit_local(cfg, workdir: str | Path, *, progress: bool = True, log=print,
     ``encoder_checkpoint``: a generator's encoder file, when ``encoder.checkpoint`` is a
     registry URI that the caller resolved."""
     workdir = Path(workdir)
-    task = make_task(cfg, encoder_checkpoint=encoder_checkpoint, log=log)
+    inputs = {"encoder_checkpoint": encoder_checkpoint} if encoder_checkpoint else {}
+    task = make_task(cfg, log=log, **inputs)
     shards = run_shards(cfg.data, workdir, progress=progress)
     backend = LocalBackend(task, workdir, shards, progress=progress)
     classes = backend.eval_batches(1).classes

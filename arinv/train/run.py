@@ -85,7 +85,8 @@ def restore(task, backend, modules: dict, log=print) -> tuple[int, list, dict]:
         if d is None:
             return 0, [], {}
         d = Path(d)
-        start, history = resume(d / STATE, cls=task.cls, arch=task.arch, modules=modules,
+        start, history = resume(d / STATE, kind=task.kind, cls=task.cls, arch=task.arch,
+                                modules=modules,
                                 config=flatten(task.cfg), map_location=backend.device)
         files = {p.name: p.read_bytes() for p in d.iterdir() if p.name != STATE}
     if backend.rank == 0:

@@ -14,21 +14,16 @@ RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.shards", "data.loader", "run
                      "scaling.", "name")
 
 
-def resume(path: Path, *, cls, arch: dict, modules: dict[str, Any], config: dict,
+def resume(path: Path, *, kind: str, cls, arch: dict, modules: dict[str, Any], config: dict,
            map_location="cpu") -> tuple[int, list]:
     """(next epoch, history) from the run's checkpoint file ``path``, loaded into ``modules``;
     (0, []) when there is none. ``cls`` is the run's config class, ``config`` its flat config."""
     if not path.exists():
         return 0, []
-    payload = load_checkpoint(path, kind=kind_of(cls), arch=arch, modules=modules,
+    payload = load_checkpoint(path, kind=kind, arch=arch, modules=modules,
                               map_location=map_location)
     check_resumable(path, flatten(migrate(cls, payload["config"])), config)
     return payload["progress"]["epoch"], payload["progress"].get("history", [])
-
-
-def kind_of(cls) -> str:
-    """The checkpoint kind of a config class's runs."""
-    return {"EncoderTrainConfig": "encoder", "GeneratorTrainConfig": "generator"}[cls.__name__]
 
 
 def check_resumable(path, saved: dict, current: dict) -> None:

@@ -53,7 +53,7 @@ class EncoderTask:
     cls, kind, final_files = EncoderTrainConfig, "encoder", (REPORT,)
     augment = True
 
-    def __init__(self, cfg: EncoderTrainConfig):
+    def __init__(self, cfg: EncoderTrainConfig, *, log=print):
         self.cfg, self.name, self.epochs = cfg, cfg.name, cfg.optim.epochs
         self.batch_size = cfg.optim.batch_size
         with torch.device("meta"):
@@ -138,7 +138,7 @@ class GeneratorTask:
     cls, kind, final_files = GeneratorTrainConfig, "generator", (QUALITY, GRID)
     reduce_keys = ("loss_g", "pix", "feat", "gan")
 
-    def __init__(self, cfg: GeneratorTrainConfig, encoder_checkpoint=None, log=print):
+    def __init__(self, cfg: GeneratorTrainConfig, *, encoder_checkpoint=None, log=print):
         """``encoder_checkpoint`` overrides ``cfg.encoder.checkpoint`` (a pipeline passes the
         local file it fetched for a registry URI)."""
         self.cfg, self.name, self.epochs = cfg, cfg.name, cfg.optim.epochs
@@ -226,11 +226,19 @@ class GeneratorTask:
         return {"quality": json.loads(files[QUALITY])}
 
 
-def make_task(cfg, *, encoder_checkpoint=None, log=print):
-    """The task that trains ``cfg`` (an encoder or a generator config)."""
-    if isinstance(cfg, GeneratorTrainConfig):
-        return GeneratorTask(cfg, encoder_checkpoint, log)
-    return EncoderTask(cfg)
+TASKS = {t.kind: t for t in (EncoderTask, GeneratorTask)}  # a new model kind: a task class here
+
+
+def make_task(cfg, *, log=print, **inputs):
+    """The task that trains ``cfg``; ``inputs``: files the caller resolved for it (a
+    generator's ``encoder_checkpoint``)."""
+    task = next(t for t in TASKS.values() if isinstance(cfg, t.cls))
+    return task(cfg, log=log, **inputs)
+
+
+def config_class(kind: str):
+    """The config class of a checkpoint / task kind."""
+    return TASKS[kind].cls
 
 
 def frozen_encoder(cfg: GeneratorTrainConfig, checkpoint=None, log=print) -> torch.nn.Module:
