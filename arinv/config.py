@@ -126,6 +126,9 @@ class DataConfig:
     shards: Optional[str] = None
     loader: Literal["ray", "ffcv"] = "ray"  # Ray Data stream, or ffcv.Loader (local shards)
     crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
+    # a stored sample that does not decode: skip it (a warning naming shard and index, counted
+    # in the corrupt_samples metric) or fail the run
+    on_corrupt: Literal["skip", "fail"] = "skip"
 
     def check(self) -> list[str]:
         errs = []
@@ -480,7 +483,7 @@ def _batch_errors(scaling: ScalingConfig, batch_size: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- machinery
 
-_CONFIG_ROOTS = [Path(__file__).resolve().parents[1] / "configs"]
+_CONFIG_ROOTS = [Path(__file__).resolve().parent / "configs"]  # shipped as package data
 
 
 def preset_dirs() -> list[Path]:

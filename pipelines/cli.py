@@ -138,8 +138,9 @@ def _add_launch_arguments(p: argparse.ArgumentParser, local: bool = True) -> Non
                    help="Ray Train checkpoints: a folder or s3://bucket/prefix (shared by all "
                    "nodes of a multi-node cluster); default WORKDIR/ray")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking server; default $MLFLOW_TRACKING_URI or "
-                   "sqlite:///WORKDIR/mlflow.db")
+                   help="MLflow tracking server and registry; default $MLFLOW_TRACKING_URI or "
+                   "./mlflow.db (sqlite), shared by every command run from this folder and "
+                   "found there by a bare mlflow client or 'mlflow ui'")
     p.add_argument("--experiment", default="arinv", help="MLflow experiment (default arinv)")
     p.add_argument("--alias", default=None, help="registry alias (default: robust/standard for "
                    "encoders, the encoder's alias for generators)")
@@ -220,18 +221,28 @@ def add_data_write_arguments(w: argparse.ArgumentParser) -> argparse.ArgumentPar
     return w
 
 
+# Library chatter that says nothing to a user of the command (a new sqlite store's schema set-up).
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     from arinv.config import ConfigError
     from arinv.data.beton import BetonError
     from arinv.data.shards import ShardError
     from arinv.data.sources import SourceError
     from arinv.data.storage import StorageError
     from arinv.checkpoint import CheckpointError
+    from pipelines.errors import RegistryError, TrackingUnreachable
 
     try:
         return _COMMANDS[args.command](args) or 0
-    except (ConfigError, CheckpointError, SourceError, ShardError, BetonError, StorageError) as e:
+    except (ConfigError, CheckpointError, SourceError, ShardError, BetonError, StorageError,
+            RegistryError, TrackingUnreachable) as e:
         print(f"arinv {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -25,15 +25,17 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from arinv.data import storage
-from arinv.data.beton import BetonError
-from arinv.data.reader import DEFAULT_CACHE, DEFAULT_CACHE_BYTES, load_manifest, open_shard
+from arinv.data.reader import (DEFAULT_CACHE, DEFAULT_CACHE_BYTES, decode_rows, load_manifest,
+                               open_shard)
 from arinv.data.reader import join as _join
-from arinv.data.shards import ShardError, verify_shards
+from arinv.data.shards import verify_shards
 
 def _read_chunk(uri, shard, cache, start, stop, base):
     with open_shard(uri, shard, cache) as reader:
         recs = reader.records(start, stop)
     yield pa.table({
+        "shard": pa.array([shard["file"]] * len(recs), pa.string()),
+        "position": pa.array(np.arange(start, stop), pa.int64()),  # index within the shard
         "payload": pa.array([r.payload for r in recs], pa.binary()),
         "mode": pa.array([r.mode for r in recs], pa.uint8()),
         "width": pa.array([r.width for r in recs], pa.int32()),
@@ -76,20 +78,22 @@ class BetonDatasource(Datasource):
 
 
 def decode_batch(batch: dict, *, split_transform: str, resolution: int,
-                 crop_scale: tuple[float, float] = (0.08, 1.0)) -> dict:
-    """The map stage: decode + crop a batch of rows (``arinv.data.transforms.decode_crops``):
-    random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out."""
-    decode_crops = _import_uninterrupted("arinv.data.transforms").decode_crops
+                 crop_scale: tuple[float, float] = (0.08, 1.0), uri: str = "",
+                 on_corrupt: str = "skip") -> dict:
+    """The map stage: decode + crop a batch of rows (``arinv.data.reader.decode_rows``):
+    random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out.
+    ``ok`` is False for a sample that did not decode (skipped with a warning naming its shard
+    and index; consumers drop and count it), unless ``on_corrupt="fail"``."""
+    _import_uninterrupted("arinv.data.transforms")  # torch, safe from a cancel mid-import
 
-    try:
-        images = decode_crops(batch["payload"], batch["mode"], batch["width"], batch["height"],
-                              split_transform=split_transform, resolution=resolution,
-                              crop_scale=crop_scale)
-    except BetonError as e:
-        raise ShardError(f"{e}; the shard's checksum matched its manifest, so the writer stored "
-                         "it: rewrite the shard set with 'arinv data write'") from None
+    def where(i: int) -> str:
+        return f"{_join(uri, str(batch['shard'][i]))} sample {int(batch['position'][i])}"
+
+    images, ok = decode_rows(batch["payload"], batch["mode"], batch["width"], batch["height"],
+                             where, on_corrupt=on_corrupt, split_transform=split_transform,
+                             resolution=resolution, crop_scale=crop_scale)
     return {"image": images, "label": batch["label"].astype(np.int64),
-            "index": batch["index"].astype(np.int64)}
+            "index": batch["index"].astype(np.int64), "ok": ok}
 
 
 def _import_uninterrupted(name: str):
@@ -123,7 +127,7 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
                 verify: str = "size", runtime_env: dict | None = None,
                 num_cpus: float | None = None,
                 crop_scale: tuple[float, float] = (0.08, 1.0),
-                shuffle: bool | None = None) -> Dataset:
+                shuffle: bool | None = None, on_corrupt: str = "skip") -> Dataset:
     """A Ray Dataset of decoded, cropped uint8 batches from the shard set at ``uri``.
 
     ``verify``: "size" checks each local shard's size against the manifest when it is opened
@@ -134,6 +138,9 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     tasks (e.g. ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` when the cluster's nodes lack them).
     ``num_cpus`` is the logical CPU share of each read + decode task (Ray's default: 1).
     ``crop_scale``: the random-resized-crop's area range for ``split_transform="train"``.
+    ``on_corrupt``: a sample that does not decode is flagged ``ok=False`` with a warning
+    ("skip") or fails the stream ("fail"). Local shards are sha256-checked against the manifest
+    once per file version per node (``arinv.data.reader.verify_local``) before they are read.
     ``shuffle`` (default: for "train") reads the chunks of the shards in a new random order
     every epoch; the writer already shuffled samples across shards, and a consumer adds a local
     shuffle buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``) for the rest.
@@ -158,7 +165,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
         return read_datasource(source, override_num_blocks=blocks, **env).map_batches(
             decode_batch, batch_size=decode_batch_size, batch_format="numpy",
             fn_kwargs={"split_transform": split_transform, "resolution": resolution,
-                       "crop_scale": tuple(crop_scale)}, **env)
+                       "crop_scale": tuple(crop_scale), "uri": uri, "on_corrupt": on_corrupt},
+            **env)
 
 
 @contextlib.contextmanager

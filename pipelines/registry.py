@@ -18,6 +18,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.errors import RegistryError
 from pipelines.tracking import (
     _REJECTED,
     KIND_TAG,
@@ -67,7 +68,7 @@ def register_autoencoder(tracking_uri: str, run_id: str, *, encoder_checkpoint,
         encoder, _ = load_encoder(files["encoder"])
         generator, gcfg = load_generator(files["generator"])
         if gcfg.encoder.name != encoder.arch["name"]:
-            raise ValueError(f"{generator_checkpoint}: inverts a {gcfg.encoder.name} encoder, but "
+            raise RegistryError(f"{generator_checkpoint}: inverts a {gcfg.encoder.name} encoder, but "
                              f"{encoder_checkpoint} holds a {encoder.arch['name']}")
         layer, r = gcfg.encoder.layer, gcfg.resolution or encoder.input_size
         example = _input_example(r)
@@ -92,6 +93,9 @@ def _log_and_register(tracking_uri, run_id, artifact_name, files: dict, signatur
     tags = {k: str(v) for k, v in tags.items()}
     with (_explain_unreachable(tracking_uri, f"registering {name!r}"),
           use_tracking_uri(tracking_uri)):
+        done = registered_version(client, name, alias, run_id)
+        if done is not None:  # a finished run relaunched: its model is registered already
+            return done
         exp_id = client.get_run(run_id).info.experiment_id
         # Model.log without an active run would put the LoggedModel in the default experiment.
         logged = client.create_logged_model(exp_id, name=artifact_name, source_run_id=run_id,
@@ -109,6 +113,15 @@ def _log_and_register(tracking_uri, run_id, artifact_name, files: dict, signatur
         _wait_ready(client, name, mv.version, ready_timeout)
         client.set_registered_model_alias(name, alias, mv.version)
         return client.get_model_version(name, mv.version)
+
+
+def registered_version(client: MlflowClient, name: str, alias: str, run_id: str):
+    """The version ``name@alias`` points at if it came from run ``run_id``, else None."""
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return mv if mv.run_id == run_id else None
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -224,14 +237,14 @@ def _resolve(model_uri: str, tracking_uri: str) -> tuple[str, str]:
         except MlflowException as e:
             if e.error_code not in _REJECTED:
                 raise
-            raise ValueError(f"{model_uri}: no logged model {m['name']!r} at {tracking_uri}") from e
+            raise RegistryError(f"{model_uri}: no logged model {m['name']!r} at {tracking_uri}") from e
         return location, f"{_safe(m['name'])}"
     if m is None or not (m["alias"] or m["version"]):
-        raise ValueError(f"{model_uri!r}: not a model URI; use models:/<name>@<alias>, "
+        raise RegistryError(f"{model_uri!r}: not a model URI; use models:/<name>@<alias>, "
                          "models:/<name>/<version> or runs:/<run_id>/<artifact>")
     mv = _model_version(client, m["name"], m["alias"], m["version"], model_uri, tracking_uri)
     if mv.tags.get(KIND_TAG) not in ("encoder", "autoencoder"):
-        raise ValueError(f"{model_uri}: version {mv.version} of {mv.name!r} is not an arinv "
+        raise RegistryError(f"{model_uri}: version {mv.version} of {mv.name!r} is not an arinv "
                          f"model (no {KIND_TAG} tag); register it with "
                          "pipelines.registry.register_encoder / register_autoencoder")
     digest = hashlib.sha1(f"{mv.source}|{mv.creation_timestamp}".encode()).hexdigest()[:8]
@@ -250,12 +263,12 @@ def _model_version(client, name, alias, version, model_uri, tracking_uri):
                                                  order_by=["version_number DESC"])
             if found:
                 return found[0]
-            raise ValueError(f"{model_uri}: model {name!r} has no versions at {tracking_uri}")
+            raise RegistryError(f"{model_uri}: model {name!r} has no versions at {tracking_uri}")
         return client.get_model_version(name, version)
     except MlflowException as e:
         if e.error_code not in _REJECTED:
             raise
-        raise ValueError(_not_found(client, name, alias, version, model_uri, tracking_uri)) from e
+        raise RegistryError(_not_found(client, name, alias, version, model_uri, tracking_uri)) from e
 
 
 def _not_found(client, name, alias, version, model_uri, tracking_uri) -> str:
@@ -291,10 +304,10 @@ def _artifact_in(local: Path, part: str, model_uri: str) -> Path:
     try:
         flavor = Model.load(str(local)).flavors.get("python_function", {})
     except (MlflowException, OSError, ValueError) as e:
-        raise ValueError(f"{model_uri}: not an MLflow model ({_short(e)})") from None
+        raise RegistryError(f"{model_uri}: not an MLflow model ({_short(e)})") from None
     artifacts = flavor.get("artifacts") or {}
     if part not in artifacts:
         kind = "an arinv encoder" if "encoder" in artifacts else "not an arinv model"
-        raise ValueError(f"{model_uri}: has no {part} checkpoint ({kind}; artifacts: "
+        raise RegistryError(f"{model_uri}: has no {part} checkpoint ({kind}; artifacts: "
                          f"{sorted(artifacts)})")
     return local / artifacts[part]["path"]

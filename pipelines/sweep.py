@@ -344,32 +344,18 @@ def _register(sw: SweepConfig, best: dict, uri: str, alias: str, cache: str) -> 
         enc_cfg, gen_cfg = table_a3.trial_configs(sw, best["eps"])
         enc_file = stored_file(best["encoder_checkpoint"], cache)
         name = f"arinv-{enc_cfg.encoder.name}"
-        if not _registered(uri, name, alias, best["encoder_run"]):
-            registry.register_encoder(uri, best["encoder_run"], enc_file, name=name, alias=alias)
+        registry.register_encoder(uri, best["encoder_run"], enc_file, name=name, alias=alias)
         out["encoder"] = f"models:/{name}@{alias}"
     else:
         gen_cfg = weights_config(sw, {})
         enc_file = encoder_file(gen_cfg, uri, cache)
     name = f"arinv-{gen_cfg.encoder.name}-{gen_cfg.encoder.layer}-autoencoder"
-    if not _registered(uri, name, alias, best["generator_run"]):
-        registry.register_autoencoder(
-            uri, best["generator_run"], encoder_checkpoint=enc_file,
-            generator_checkpoint=stored_file(best["generator_checkpoint"], cache), name=name,
-            alias=alias)
+    registry.register_autoencoder(  # both keep a version this run registered already
+        uri, best["generator_run"], encoder_checkpoint=enc_file,
+        generator_checkpoint=stored_file(best["generator_checkpoint"], cache), name=name,
+        alias=alias)
     out["autoencoder"] = f"models:/{name}@{alias}"
     return out
-
-
-def _registered(uri: str, name: str, alias: str, run_id: str) -> bool:
-    """Whether ``name@alias`` already is this run's model (a relaunched, finished sweep)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(
-            name, alias).run_id == run_id
-    except MlflowException:
-        return False
 
 
 def _check_relaunch(sw: SweepConfig, run: Launch) -> None:

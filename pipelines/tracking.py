@@ -30,6 +30,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # no public equivalent
 
+from pipelines.errors import TrackingUnreachable  # noqa: F401  (raised here, caught by the CLI)
+
 RUN_KEY_TAG = "arinv.run_key"
 KIND_TAG = "arinv.kind"
 
@@ -52,16 +54,16 @@ SHORT_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
-class TrackingUnreachable(ConnectionError):
-    """The MLflow tracking server did not answer; the message names its URI."""
 
 
-def default_tracking_uri(workdir) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else a sqlite file in ``workdir`` (MLflow 3 refuses the
-    plain file store, and the registry needs a database)."""
+def default_tracking_uri(folder=None) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` (sqlite) in ``folder`` (default: the
+    current folder): every command run from a folder shares one tracking store and registry,
+    the one a bare ``mlflow`` client (or ``mlflow ui``) started there finds. (MLflow 3 refuses
+    the plain file store, and the registry needs a database.)"""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(folder or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def is_unreachable(e: BaseException) -> bool:

@@ -37,7 +37,7 @@ class Launch:
     workdir: Path                      # local: final checkpoint, report, default storage, MLflow
     run_name: str | None = None        # default: the config's name
     storage_path: str | None = None    # Ray Train storage (local folder or s3://); default workdir/ray
-    tracking_uri: str | None = None    # default: $MLFLOW_TRACKING_URI or sqlite in workdir
+    tracking_uri: str | None = None    # default: $MLFLOW_TRACKING_URI or ./mlflow.db (sqlite)
     experiment: str = "arinv"
     register: bool = True
     alias: str | None = None           # registry alias; default "robust" / "standard"
@@ -57,7 +57,7 @@ class Launch:
     def tracking(self) -> str:
         from pipelines.tracking import default_tracking_uri
 
-        return self.tracking_uri or default_tracking_uri(self.workdir)
+        return self.tracking_uri or default_tracking_uri()
 
     def run_key(self, name: str) -> str:
         return f"{self.storage_path.rstrip('/')}/{name}"
@@ -109,7 +109,8 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     DataContext.get_current().enable_progress_bars = progress
     # a missing or incomplete set fails here, not in a worker
     manifests = {split: load_manifest(f"{root}/{split}") for split in ("train", "val")}
-    val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution)
+    val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution,
+                      on_corrupt=cfg.data.on_corrupt)
     if cfg.data.loader == "ffcv":
         from pipelines.ffcv_loader import local_shards
 
@@ -121,7 +122,7 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     rows = max(1, min(512, n // (4 * cfg.scaling.num_workers)))
     train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
                         resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),
-                        rows_per_task=rows)
+                        rows_per_task=rows, on_corrupt=cfg.data.on_corrupt)
     return {"train": train, "val": val}
 
 
@@ -213,14 +214,16 @@ def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
     return (str(found[-1]), found[-1].read_bytes()) if found else None
 
 
-def check_resume(storage_path: str, name: str, *, task) -> None:
+def check_resume(storage_path: str, name: str, *, task) -> str | None:
     """Refuse, before any worker starts, a run whose storage holds a checkpoint of another
-    kind, architecture or incompatible config (a worker would fail on it max_failures times)."""
+    kind, architecture or incompatible config (a worker would fail on it max_failures times).
+    Returns the checkpoint directory of a finished run (its last epoch and result files are
+    there: nothing to train), else None."""
     import io
 
     found = latest_state(storage_path, name)
     if found is None:
-        return
+        return None
     where, data = found
     try:
         payload = read_payload(where, io.BytesIO(data))
@@ -232,6 +235,21 @@ def check_resume(storage_path: str, name: str, *, task) -> None:
                               f"a {task.kind} run; use another --run-name")
     check_arch(where, payload["arch"], task.arch)
     check_resumable(where, flatten(migrate(task.cls, payload["config"])), flatten(task.cfg))
+    folder = where.rsplit("/", 1)[0]
+    done = payload["progress"]["epoch"] >= task.epochs and all(
+        storage.exists(f"{folder}/{f}") for f in task.final_files)
+    return folder if done else None
+
+
+def copy_checkpoint(folder: str, dest: Path) -> None:
+    """A checkpoint directory in run storage (local or S3) copied to local ``dest``."""
+    shutil.rmtree(dest, ignore_errors=True)
+    if not storage.is_s3(folder):
+        shutil.copytree(folder, dest)
+        return
+    dest.mkdir(parents=True)
+    for uri in storage.list_prefix(folder.rstrip("/") + "/"):
+        (dest / uri.rsplit("/", 1)[1]).write_bytes(storage.read_bytes(uri))
 
 
 def launch(task, launch: Launch) -> dict:
@@ -250,7 +268,9 @@ def launch(task, launch: Launch) -> dict:
     name = launch.run_name or cfg.name
     if storage.is_s3(launch.storage_path):
         storage.check_access(launch.storage_path, write=True)
-    check_resume(launch.storage_path, name, task=task)
+    finished = check_resume(launch.storage_path, name, task=task)
+    if finished is not None:
+        return _reuse(finished, task, launch, name)
     root = shard_sets(cfg, launch).rstrip("/")  # may fork shard writers: before Ray starts
     task.check_classes(load_manifest(f"{root}/train")["classes"], f"shard set {root}/train")
     init_ray(launch.address, sc)
@@ -297,6 +317,25 @@ def launch(task, launch: Launch) -> dict:
             "result": result}
 
 
+def _reuse(folder: str, task, launch: Launch, name: str) -> dict:
+    """A finished run relaunched: no Ray Train, no training; its last checkpoint is the result
+    and its MLflow run the run."""
+    from pipelines import tracking
+
+    print(f"{name}: finished earlier ({folder}); nothing to train (raise optim.epochs to "
+          "train on)")
+    final = launch.workdir / "final"
+    copy_checkpoint(folder, final)
+    uri = launch.tracking()
+    run_id = tracking.find_or_create_run(
+        uri, launch.experiment, launch.run_key(name), run_name=name,
+        tags={"arinv.kind": task.kind, "arinv.preset": task.cfg.name, **launch.extra_tags})
+    history = torch.load(final / STATE, map_location="cpu", weights_only=True)["progress"]
+    return {"run_id": run_id, "tracking_uri": uri, "checkpoint_dir": final,
+            "stored_checkpoint": f"{folder}/{STATE}", "metrics": history["history"][-1],
+            "result": None}
+
+
 # ----------------------------------------------------------------------------- worker
 
 
@@ -335,7 +374,7 @@ class RayBackend:
             self.device = resolve_device("cpu")
         threads = max(1, int(cfg.scaling.cpus_per_worker))
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 only if cpus_per_worker is 1
-        self.progress = config["progress"]
+        self.progress, self.skipped = config["progress"], 0
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = self.progress and self.rank == 0
@@ -366,13 +405,20 @@ class RayBackend:
 
     def _batches(self, name: str, batch_size: int, *, shuffle: bool = False):
         """(uint8 images, labels) over this worker's split of dataset ``name``; ``shuffle``
-        mixes rows in a buffer of a few batches."""
+        mixes rows in a buffer of a few batches. Samples the stream flagged as corrupt are
+        dropped and counted in ``skipped``."""
         import ray.train
 
         it = ray.train.get_dataset_shard(name)
         buffer = {"local_shuffle_buffer_size": 4 * batch_size} if shuffle else {}
         for b in it.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, **buffer):
-            yield b["image"], b["label"]
+            ok = b["ok"]
+            if bool(ok.all()):
+                yield b["image"], b["label"]
+                continue
+            self.skipped += int((~ok).sum())
+            if bool(ok.any()):
+                yield b["image"][ok], b["label"][ok]
 
     @contextlib.contextmanager
     def latest(self):

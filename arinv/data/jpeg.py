@@ -114,8 +114,13 @@ def _turbo_decode(lib, payload: bytes, scale: int) -> np.ndarray:
     ow, oh = scaled(w.value, scale), scaled(hh.value, scale)
     out = np.empty((oh, ow, 3), np.uint8)
     if lib.tjDecompress2(h.ptr, payload, len(payload), out.ctypes.data, ow, 0, oh, _TJPF_RGB,
-                         0) != 0 and lib.tjGetErrorCode(h.ptr) == _TJERR_FATAL:
-        raise JpegError(f"corrupt JPEG: {h.error()}")  # warnings (e.g. a short scan) decode
+                         0) != 0:
+        # libjpeg's warnings ("Corrupt JPEG data", a premature end of the scan) still return
+        # an image, but a damaged one: the shard writer never stores such a file, so it is
+        # corruption in storage, reported like a fatal error.
+        fatal = lib.tjGetErrorCode(h.ptr) == _TJERR_FATAL
+        raise JpegError(f"undecodable JPEG: {h.error()}" if fatal else
+                        f"damaged JPEG ({h.error()})")
     return out
 
 
@@ -133,7 +138,9 @@ def _opencv_decode(payload: bytes, scale: int) -> np.ndarray:
 
 
 def decode_jpeg(payload: bytes, scale: int = 1) -> np.ndarray:
-    """``payload`` decoded to contiguous uint8 H x W x 3 RGB at 1/``scale`` size."""
+    """``payload`` decoded to contiguous uint8 H x W x 3 RGB at 1/``scale`` size. Corrupt data
+    raises ``JpegError`` with TurboJPEG, also where libjpeg only warns; OpenCV's fallback
+    detects only undecodable payloads (it decodes damaged scans silently)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale}")
     lib = _library()

@@ -1,7 +1,7 @@
 """A shard set read in one process, with numpy and the .beton reader alone (no Ray): the data
 path of ``--local`` runs and evaluations, and the shard plumbing the Ray Data stream shares.
 
-``ShardBatches`` yields ``(uint8 N x 3 x R x R, int64 N)`` batches decoded with the same crops as
+``ShardBatches`` yields ``(uint8 N x 3 x R x R, int64 N)`` torch batches decoded with the same crops as
 the Ray Data stream (``arinv.data.transforms.decode_crops``), in an order and with crops drawn
 from (seed, epoch), so a run is reproducible and a resumed run sees what the original would.
 Shards on S3 enter a node-local, size-bounded, sha256-verified cache first.
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from . import storage
 from .beton import BetonError, BetonReader
@@ -24,6 +24,9 @@ from .shards import MANIFEST, ShardError, read_manifest, write_shards
 
 DEFAULT_CACHE = os.environ.get("ARINV_CACHE_DIR", "/tmp/arinv-shard-cache")
 DEFAULT_CACHE_BYTES = int(float(os.environ.get("ARINV_CACHE_BYTES", 50e9)))
+ON_CORRUPT = ("skip", "fail")
+
+_log = logging.getLogger("arinv.data")
 
 
 def join(prefix: str, name: str) -> str:
@@ -56,7 +59,58 @@ def open_shard(uri: str, shard: dict,
         if actual != shard["bytes"]:
             raise ShardError(f"{local}: {actual} bytes on disk, the manifest says {shard['bytes']} "
                              "(truncated or replaced); rewrite the shard set with 'arinv data write'")
+        verify_local(local, shard["sha256"], cache[0])
     return BetonReader.from_path(local)
+
+
+def verify_local(path: Path, sha256: str, cache_dir: str) -> None:
+    """Check a local shard's sha256 against its manifest, once per version of the file on this
+    node: the result is remembered under ``cache_dir`` by (path, size, mtime), so a shard
+    altered in place (even at the same size) is hashed again and refused before it is read."""
+    st = path.stat()
+    stamp = f"{st.st_size}:{st.st_mtime_ns}:{sha256}"
+    mark = (Path(cache_dir) / "verified"
+            / hashlib.sha1(str(path.resolve()).encode()).hexdigest())
+    try:
+        if mark.read_text() == stamp:
+            return
+    except OSError:
+        pass
+    if storage.sha256_file(path) != sha256:
+        raise ShardError(f"{path}: sha256 differs from the manifest (altered or corrupt); "
+                         "rewrite the shard set with 'arinv data write'")
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mark.with_name(f"{mark.name}.{os.getpid()}")
+        tmp.write_text(stamp)
+        os.replace(tmp, mark)
+    except OSError:  # a read-only cache only costs a hash per open
+        pass
+
+
+def decode_rows(payloads, modes, widths, heights, where, *, on_corrupt: str = "skip",
+                **crops) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, ok mask) of encoded shard samples (``decode_crops``'s ``crops``).
+    ``where(i)`` names row i (shard file and index) in messages. A sample that does not decode
+    is skipped with a logged warning (``ok`` False, its image black) or, with
+    ``on_corrupt="fail"``, raises ``ShardError``."""
+    from .transforms import decode_crops
+
+    bad: list = []
+    try:
+        images = decode_crops(payloads, modes, widths, heights, bad=bad, **crops)
+    except BetonError as e:  # not a sample: the call itself
+        raise ShardError(str(e)) from None
+    ok = np.ones(len(images), bool)
+    for i, reason in bad:
+        if on_corrupt == "fail":
+            raise ShardError(f"{where(i)}: {reason}; the shard's checksum matched its manifest, "
+                             "so the writer stored it: rewrite the shard set with 'arinv data "
+                             "write' (or set data.on_corrupt=skip to train without it)")
+        _log.warning("%s: %s; skipped (counted in the run's corrupt_samples metric)",
+                     where(i), reason)
+        ok[i] = False
+    return images, ok
 
 
 class ShardBatches:
@@ -66,10 +120,11 @@ class ShardBatches:
 
     def __init__(self, uri: str, batch_size: int, *, resolution: int, train: bool,
                  crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0,
-                 shuffle: bool | None = None):
+                 shuffle: bool | None = None, on_corrupt: str = "skip"):
         self.uri, self.batch_size, self.resolution = uri, batch_size, resolution
         self.train, self.crop_scale, self.seed = train, tuple(crop_scale), seed
         self.shuffle = train if shuffle is None else shuffle
+        self.on_corrupt, self.skipped = on_corrupt, 0  # samples that did not decode, so far
         self.manifest = load_manifest(uri)
         self.classes = self.manifest["classes"]
         self.sizes = [s["num_samples"] for s in self.manifest["shards"]]
@@ -81,8 +136,8 @@ class ShardBatches:
     def __len__(self) -> int:
         return -(-sum(self.sizes) // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from .transforms import decode_crops
+    def __iter__(self) -> Iterator[tuple]:
+        import torch  # imported where used: Ray's read tasks import this module, not torch
 
         rng = np.random.default_rng([self.seed, self.epoch])
         n = sum(self.sizes)
@@ -93,18 +148,22 @@ class ShardBatches:
             for i in range(0, n, self.batch_size):
                 idx = order[i:i + self.batch_size]
                 shard = np.searchsorted(starts, idx, side="right") - 1
-                recs = [readers[k].record(int(j - starts[k])) for k, j in zip(shard, idx)]
-                try:
-                    images = decode_crops([r.payload for r in recs], [r.mode for r in recs],
-                                          [r.width for r in recs], [r.height for r in recs],
-                                          split_transform="train" if self.train else "eval",
-                                          resolution=self.resolution, crop_scale=self.crop_scale,
-                                          rng=rng)
-                except BetonError as e:
-                    raise ShardError(f"{self.uri}: {e}; rewrite the shard set with 'arinv data "
-                                     "write'") from None
-                yield (torch.from_numpy(images),
-                       torch.tensor([r.label for r in recs], dtype=torch.int64))
+                local = [int(j - starts[k]) for k, j in zip(shard, idx)]
+                recs = [readers[k].record(j) for k, j in zip(shard, local)]
+                where = lambda i: (f"{join(self.uri, self.manifest['shards'][shard[i]]['file'])}"  # noqa: E731
+                                   f" sample {local[i]}")
+                images, ok = decode_rows(
+                    [r.payload for r in recs], [r.mode for r in recs], [r.width for r in recs],
+                    [r.height for r in recs], where, on_corrupt=self.on_corrupt,
+                    split_transform="train" if self.train else "eval",
+                    resolution=self.resolution, crop_scale=self.crop_scale, rng=rng)
+                labels = torch.tensor([r.label for r in recs], dtype=torch.int64)
+                self.skipped += int((~ok).sum())
+                if ok.all():
+                    yield torch.from_numpy(images), labels
+                elif ok.any():
+                    keep = torch.from_numpy(ok)
+                    yield torch.from_numpy(images)[keep], labels[keep]
         finally:
             for r in readers:
                 r.close()

@@ -63,7 +63,7 @@ def _decode_at_least(payload, mode, w, h, need_w, need_h) -> tuple[np.ndarray, i
     try:
         return decode_jpeg(payload, scale), scale
     except JpegError as e:
-        raise BetonError(f"undecodable JPEG sample ({e})") from None
+        raise BetonError(f"JPEG payload: {e}") from None
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> torch.Tensor:
@@ -93,13 +93,21 @@ def eval_crop(payload, mode, w, h, resolution, crop_ratio=EVAL_CROP_RATIO) -> to
 
 
 def decode_crops(payloads, modes, widths, heights, *, split_transform: str, resolution: int,
-                 crop_scale=(0.08, 1.0), rng: np.random.Generator | None = None) -> np.ndarray:
+                 crop_scale=(0.08, 1.0), rng: np.random.Generator | None = None,
+                 bad: list | None = None) -> np.ndarray:
     """Encoded shard samples -> uint8 N x 3 x resolution x resolution: random-resized-crop +
-    flip ("train") or resize + centre crop ("eval")."""
+    flip ("train") or resize + centre crop ("eval"). A sample that does not decode (corrupt
+    data) raises ``BetonError``, unless ``bad`` is a list: then its image is left black and
+    ``(position, reason)`` is appended to ``bad``."""
     rng = np.random.default_rng() if rng is None else rng
-    out = torch.empty((len(payloads), 3, resolution, resolution), dtype=torch.uint8)
+    out = torch.zeros((len(payloads), 3, resolution, resolution), dtype=torch.uint8)
     for i, (p, m, w, h) in enumerate(zip(payloads, modes, widths, heights)):
         m, w, h = int(m), int(w), int(h)
-        out[i] = (train_crop(p, m, w, h, resolution, rng, crop_scale) if split_transform == "train"
-                  else eval_crop(p, m, w, h, resolution))
+        try:
+            out[i] = (train_crop(p, m, w, h, resolution, rng, crop_scale)
+                      if split_transform == "train" else eval_crop(p, m, w, h, resolution))
+        except BetonError as e:
+            if bad is None:
+                raise
+            bad.append((i, str(e)))
     return out.numpy()

@@ -35,12 +35,21 @@ class LocalBackend:
         self.device, self.progress = resolve_device(cfg.runtime.device), progress
         self.checkpoint = self.workdir / CHECKPOINT
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._readers: list[ShardBatches] = []
+
+    @property
+    def skipped(self) -> int:
+        """Samples that did not decode, so far (dropped from their batches)."""
+        return sum(b.skipped for b in self._readers)
 
     def _batches(self, split: str, batch_size: int, train: bool) -> ShardBatches:
         cfg = self.task.cfg
-        return ShardBatches(f"{self.shards}/{split}", batch_size, resolution=self.task.resolution,
-                            train=train, crop_scale=(cfg.data.crop_min_scale, 1.0),
-                            seed=cfg.runtime.seed, shuffle=split == "train")
+        batches = ShardBatches(f"{self.shards}/{split}", batch_size,
+                               resolution=self.task.resolution, train=train,
+                               crop_scale=(cfg.data.crop_min_scale, 1.0), seed=cfg.runtime.seed,
+                               shuffle=split == "train", on_corrupt=cfg.data.on_corrupt)
+        self._readers.append(batches)
+        return batches
 
     def train_batches(self, epoch: int, batch_size: int):
         batches = self._batches("train", batch_size, self.task.augment)

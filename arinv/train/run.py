@@ -16,7 +16,9 @@ A backend supplies:
 - ``latest()``: a context manager giving the latest checkpoint directory (or None) and
   ``save(epoch, write, metrics)``: ``write(dir)`` fills a directory that becomes the latest
   checkpoint (every rank calls ``save``; only rank 0 writes);
-- ``log_metrics(metrics, step)``, ``log_files(files, folder)`` (rank 0).
+- ``log_metrics(metrics, step)``, ``log_files(files, folder)`` (rank 0);
+- ``skipped``: how many stored samples did not decode so far (dropped from their batches;
+  each epoch's count is the ``corrupt_samples`` metric).
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ def fit(task, backend, *, log=print) -> dict:
     trainables = task.wrap(lambda m: ddp(m, backend))
     for epoch in range(start, task.epochs):
         seed_epoch(task, backend, epoch)
+        skipped = backend.skipped
         with join(trainables):
             summary = task.train_epoch(
                 backend.train_batches(epoch, micro), accumulate=accumulate,
                 progress=backend.progress and backend.rank == 0,
                 desc=f"{task.name} epoch {epoch + 1}/{task.epochs}")
+        summary["corrupt_samples"] = backend.skipped - skipped
         metrics = {"epoch": epoch + 1, **reduce(summary, task.reduce_keys, backend.world),
                    **task.end_epoch()}
         last, files = epoch + 1 == task.epochs, {}
@@ -137,11 +141,12 @@ def join(modules):
 
 def reduce(summary: dict, keys: tuple[str, ...], world: int) -> dict:
     """Per-worker epoch summaries -> global: image-weighted means of ``keys`` (named by the
-    caller: a worker that got no batch has none), summed ``images``, images/s over the slowest
-    worker, mean data-wait share."""
+    caller: a worker that got no batch has none), summed ``images`` and ``corrupt_samples``,
+    images/s over the slowest worker, mean data-wait share."""
     n = float(summary["n"])
     vec = torch.tensor([summary.get(k, 0.0) * n for k in keys]
-                       + [n, summary["data_wait_s"] / max(summary["seconds"], 1e-9)],
+                       + [float(summary.get("corrupt_samples", 0)), n,
+                          summary["data_wait_s"] / max(summary["seconds"], 1e-9)],
                        dtype=torch.float64)
     seconds = torch.tensor([summary["seconds"]], dtype=torch.float64)
     if world > 1:
@@ -149,8 +154,8 @@ def reduce(summary: dict, keys: tuple[str, ...], world: int) -> dict:
 
         dist.all_reduce(vec)
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-    total = float(vec[len(keys)])
+    total = float(vec[len(keys) + 1])
     out = {k: float(vec[i]) / max(total, 1.0) for i, k in enumerate(keys)}
     out.update(images=total, images_per_s=total / max(float(seconds), 1e-9),
-               data_wait_share=float(vec[-1]) / world)
+               data_wait_share=float(vec[-1]) / world, corrupt_samples=int(vec[len(keys)]))
     return out

@@ -222,3 +222,4 @@ def mlflow_server(s3_server, tmp_path_factory):
         yield server
     finally:
         server.stop()
+

@@ -97,6 +97,17 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
     assert {a.path for a in client.list_artifacts(report_run.info.run_id)} >= {
         "report.md", "reconstructions.png", "robustness.png"}
 
+    # relaunched with the same name and storage: nothing trains, nothing new is registered
+    checkpoints = sorted((tmp_path / "ray").glob("*/checkpoint_*"))
+    versions = {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+                for m in client.search_registered_models()}
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("nothing to train") == 4
+    assert sorted((tmp_path / "ray").glob("*/checkpoint_*")) == checkpoints
+    assert {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+            for m in client.search_registered_models()} == versions
+
 
 def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow_server,
                                                              tmp_path, monkeypatch):

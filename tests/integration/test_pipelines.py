@@ -63,9 +63,12 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     from pipelines.train_encoder import train_encoder
     from pipelines.train_generator import train_generator
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # no tracking URI anywhere: every command run from this folder shares ./mlflow.db
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     cfg = encoder_cfg(shards, "optim.epochs=2", "scaling.num_workers=2")
-    run = Launch(workdir=tmp_path / "enc", tracking_uri=uri, progress=False)
+    run = Launch(workdir=tmp_path / "enc", progress=False)
     r = train_encoder(cfg, run)
     assert json.loads((tmp_path / "enc" / "metrics.json").read_text())["run_id"] == r["run_id"]
     assert r["registered"] == "models:/arinv-alexnet_small@robust"
@@ -79,10 +82,13 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     assert {m.value for m in hist} == {64.0}  # every training image once per epoch, 2 workers
     assert int(client.get_model_version_by_alias("arinv-alexnet_small", "robust").version) == r["version"]
 
-    # relaunching the finished run resumes its last checkpoint: no new run, no new epochs
+    # relaunching the finished run trains nothing and registers nothing new: no new run, no
+    # new checkpoint, no new epochs, the same model version
+    checkpoints = sorted((tmp_path / "enc" / "ray").glob("*/checkpoint_*"))
     again = train_encoder(cfg, run)
     assert again["run_id"] == r["run_id"] and run_ids(uri) == [r["run_id"]]
-    assert again["robustness"] == r["robustness"]
+    assert again["robustness"] == r["robustness"] and again["version"] == r["version"]
+    assert sorted((tmp_path / "enc" / "ray").glob("*/checkpoint_*")) == checkpoints
     assert metric_steps(uri, r["run_id"], "adv_loss") == [1, 2]
 
     # the generator takes its encoder from the registry; GAN loss on, so D is DDP-wrapped too
@@ -92,8 +98,9 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
         "scaling.num_workers=2", "scaling.cpus_per_worker=1", "loss.gan=1.0",
         "generator.discriminator=alexnet_small_conv5",
         "encoder.checkpoint=models:/arinv-alexnet_small@robust"])
-    g = train_generator(gcfg, Launch(workdir=tmp_path / "gen", tracking_uri=uri, progress=False,
+    g = train_generator(gcfg, Launch(workdir=tmp_path / "gen", progress=False,
                                      model_cache=str(tmp_path / "cache")))
+    assert g["tracking_uri"] == r["tracking_uri"] == uri
     assert g["registered"] == "models:/arinv-alexnet_small-conv5-autoencoder@robust"
     q = g["quality"]
     assert q["n"] == 8 and q["psnr"] > 0 and 0 < q["ssim"] <= 1 and "ri_baseline" in q
@@ -112,15 +119,20 @@ def test_encoder_then_generator_two_workers_registry_and_relaunch(ray_cluster, s
     assert [set(h) for h in states[0]["progress"]["history"]] == \
         [set(h) for h in states[1]["progress"]["history"]]
     assert set(local["quality"]) == set(q) and (tmp_path / "gen-local" / "grids" / "epoch_0002").is_dir()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model(g["registered"])
-    import numpy as np
+    # the README's consumer example, as written, finds the model from this folder
+    import re
 
-    out = model.predict(np.random.default_rng(0).random((2, 3, 128, 128), np.float32))
-    assert out["reconstruction"].shape == (2, 3, 128, 128)
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```$", readme, re.S | re.M)
+                if "mlflow.pyfunc.load_model" in b]
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert ns["out"]["reconstruction"].shape == (4, 3, 128, 128)
+    assert ns["out"]["features"].shape == (4, 64, 3, 3)
 
 
-ENCODER_HISTORY = {"epoch", "loss", "acc", "lr", "images", "images_per_s", "data_wait_share"}
+ENCODER_HISTORY = {"epoch", "loss", "acc", "lr", "images", "images_per_s", "data_wait_share",
+                   "corrupt_samples"}
 EVALUATED = {"val_clean_acc", "val_pgd_acc_eps0.5"}
 FINAL = {"final_clean_acc", "final_pgd_acc_eps0.5"}
 
@@ -166,10 +178,9 @@ def test_config_errors_before_ray_work(shards, tmp_path):
 
 
 def _train_workers() -> list:
-    import psutil
+    from own_processes import own_processes
 
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    return own_processes("RayTrainWorker")  # workers of the cluster this module started
 
 
 def _wait_for(predicate, timeout: float, what: str):

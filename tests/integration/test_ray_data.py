@@ -237,3 +237,43 @@ def test_a_task_cancelled_mid_import_leaves_its_worker_usable(ray_cluster, tmp_p
         ray.get(first, timeout=60)
     pid = int(started.read_text())
     assert ray.get(task.remote(str(tmp_path)), timeout=120) == pid  # same process, import intact
+
+
+def test_the_readme_data_plane_example_runs(ray_cluster, shard_set):
+    """The README's read_shards block, with its S3 prefix and sizes swapped for toy values."""
+    import re
+    from pathlib import Path
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```$", readme, re.S | re.M)
+                if "read_shards(" in b]
+    dest, _ = shard_set
+    toy = (block.replace('"s3://bucket/imagenet-train"', repr(str(dest)))
+           .replace("resolution=224", "resolution=64").replace("batch_size=256", "batch_size=16"))
+    assert toy != block
+    ns: dict = {}
+    exec(compile(toy, "README.md", "exec"), ns)
+    assert ns["batch"]["image"].shape[1:] == (3, 64, 64) and ns["batch"]["image"].dtype == torch.uint8
+
+
+def test_the_stream_flags_corrupt_samples_and_refuses_altered_shards(ray_cluster, shard_set,
+                                                                    tmp_path):
+    """A damaged JPEG (its shard's checksum updated, as if stored so) comes out ok=False, named
+    in the decode task's warning; a shard altered in place without that is refused."""
+    import shutil
+
+    from pipelines.ray_data import read_shards
+    from shardtools import damage_sample as _damage
+
+    src, _ = shard_set
+    for name, rehash in (("rehashed", True), ("altered", False)):
+        shutil.copytree(src, tmp_path / name)
+        _damage(tmp_path / name, 7, rehash=rehash)
+    rows = [(int(i), bool(ok)) for b in read_shards(str(tmp_path / "rehashed"), split_transform="eval",
+                                                     resolution=32).iter_batches(batch_format="numpy")
+            for i, ok in zip(b["index"], b["ok"])]
+    assert sorted(i for i, ok in rows if not ok) == [7] and len(rows) == len(set(rows))
+    with pytest.raises(Exception, match="sha256 differs from the manifest"):
+        read_shards(str(tmp_path / "altered"), split_transform="eval", resolution=32).take_all()

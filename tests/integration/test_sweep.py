@@ -201,10 +201,11 @@ def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(eps_sweep, t
     while not list(ckpts.glob("checkpoint_*/state.pt")):
         assert t.is_alive() and time.time() < deadline, "no encoder checkpoint"
         time.sleep(0.5)
-    trial_pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True,
-                                text=True, check=False).stdout.split()
-    assert len(trial_pids) == 1
-    os.kill(int(trial_pids[0]), signal.SIGKILL)  # the trial's process, its Train runs with it
+    from own_processes import own_processes
+
+    trials = own_processes("ray::ImplicitFunc")  # the sweep's Ray runs under this process
+    assert len(trials) == 1
+    os.kill(trials[0].pid, signal.SIGKILL)  # the trial's process, its Train runs with it
     t.join(600)
     assert "r" in box, "the sweep did not finish after its trial died"
     (row,) = box["r"]["rows"]

@@ -91,3 +91,59 @@ def test_train_then_eval_robustness(tmp_path, capsys):
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["eval-robustness", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_eval_robustness_on_a_held_out_shard_set(tmp_path, capsys):
+    """A model trained from shards is evaluated on a shard set (here: its run's own val/)."""
+    wd = tmp_path / "run"
+    assert main(["train-encoder", "--config", "tiny-sample-standard", "--workdir", str(wd),
+                 "--local", "--no-progress", *TINY]) == 0
+    val = wd / "shards" / "sample-4-2" / "val"
+    out_json = tmp_path / "rob.json"
+    assert main(["eval-robustness", "--checkpoint", str(wd / "checkpoint" / "state.pt"),
+                 "--data", str(val), "--eps", "0.5", "--steps", "2", "--max-images", "8",
+                 "--json", str(out_json)]) in (0, 1)
+    assert json.loads(out_json.read_text())["n"] == 8
+    assert f"8 images of {val}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--autoattack-eps", "0.5", "--autoattack-version", "custom"],
+     "--autoattack-version custom: name the attacks"),
+    ([], "cannot be read as a checkpoint"),
+])
+def test_bad_eval_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    assert main(["eval-robustness", "--checkpoint", str(bad), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_checkpoint_that_carries_code_is_refused(tmp_path, capsys):
+    """A pickled object whose loading would run code is refused, naming the file."""
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "arinv-checkpoint/1", "kind": "encoder", "x": Payload()}, path)
+    assert main(["eval-robustness", "--checkpoint", str(path)]) == 2
+    cap = capsys.readouterr()
+    assert "evil.pt: refused" in cap.err and "this ran" not in cap.out + cap.err
+
+
+def test_an_unknown_registry_uri_is_one_line_naming_the_store(tmp_path, monkeypatch, capsys):
+    """Commands run from a folder share ./mlflow.db; a models:/ URI it cannot resolve is a
+    one-line error naming that store, before any training."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = main(["train-generator", "--config", "tiny-sample-generator", "--local",
+                 "--no-progress", "--set", "encoder.checkpoint=models:/arinv-nope@robust"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"models:/arinv-nope@robust: no registered model 'arinv-nope' at sqlite:///" \
+           f"{tmp_path.resolve()}/mlflow.db" in err
+    assert not (tmp_path / "runs").exists()

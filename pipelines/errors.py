@@ -1,0 +1,11 @@
+"""User-facing errors of the pipelines, importable without Ray or MLflow (the ``arinv`` command
+catches them and prints one line, exit status 2)."""
+
+
+class RegistryError(ValueError):
+    """A model URI does not resolve to a usable arinv model; the message names the URI, the
+    store searched and what to do."""
+
+
+class TrackingUnreachable(ConnectionError):
+    """The MLflow tracking server did not answer; the message names its URI."""
