@@ -202,6 +202,10 @@ class RuntimeConfig:
     amp: bool = True            # bf16 autocast, GPU only
     channels_last: bool = True  # GPU only
     seed: int = 0               # seeds weights, data order, crops and attacks
+    # identical runs from the same config: the Ray Data stream keeps its order, its shuffles
+    # and crops are seeded, torch uses deterministic kernels (costs: docs/benchmarks.md; with
+    # several Ray Train workers, which worker gets which block still depends on timing)
+    deterministic: bool = False
 
 
 @dataclass
@@ -659,6 +663,12 @@ def migrate(cls, data: dict) -> dict:
                 node = node.setdefault(part, {})
             node[last] = value
     return data
+
+
+def stored(cls, data: dict):
+    """A config stored earlier (in a checkpoint) as a ``cls``: old field names migrated, fields
+    added since then at their defaults."""
+    return build(cls, migrate(cls, data))
 
 
 def build(cls, data: dict, where: str = ""):

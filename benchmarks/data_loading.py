@@ -4,7 +4,9 @@ resolution, augmentation (random-resized-crop + flip), batch size and CPU count:
 
   (a) torchvision ImageFolder + DataLoader on the source JPEGs;
   (b) ffcv's Loader on the shard (.beton) file written from them;
-  (c) our Ray Data stream (pipelines.ray_data.read_shards) on the same shard set.
+  (c) our Ray Data stream (pipelines.ray_data.read_shards) on the same shard set;
+  (d) the same stream as ``runtime.deterministic`` runs it: seeded chunk order and crops, and
+      blocks delivered in planned order (``preserve_order``), to show what reproducibility costs.
 
 Targets (data-plane issue): (c) >= 0.8 x (b) and (c) >= 2.5 x (a) on a 2-core machine at 112 px.
 
@@ -53,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="timed epochs of each loader")
     p.add_argument("--rows-per-task", type=int, default=512, help="read_shards(rows_per_task=)")
     p.add_argument("--workdir", default="/tmp/arinv-bench-data")
-    p.add_argument("--only", nargs="*", choices=["torchvision", "ffcv", "ray"], default=None)
+    p.add_argument("--only", nargs="*", choices=["torchvision", "ffcv", "ray", "ray-ordered"],
+                   default=None)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -130,15 +133,18 @@ def ffcv_epochs(shards, args):
     return lambda: iter(loader)
 
 
-def ray_epochs(shards, args):
+def ray_epochs(shards, args, ordered: bool = False):
     import ray
 
     from pipelines.ray_data import read_shards
 
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = read_shards(str(shards), split_transform="train", resolution=args.resolution,
-                     rows_per_task=args.rows_per_task)
+                     rows_per_task=args.rows_per_task, seed=0 if ordered else None)
+    if ordered:
+        ds.context.execution_options.preserve_order = True
 
     def batches():
         for b in ds.iter_torch_batches(batch_size=args.batch_size, prefetch_batches=4):
@@ -163,7 +169,8 @@ def main(argv=None) -> int:
     # DataLoader forks its workers at its first epoch: before Ray starts threads in this process
     builders = {"torchvision": lambda: torchvision_epochs(jpegs, args),
                 "ffcv": lambda: ffcv_epochs(shards, args),
-                "ray": lambda: ray_epochs(shards, args)}
+                "ray": lambda: ray_epochs(shards, args),
+                "ray-ordered": lambda: ray_epochs(shards, args, ordered=True)}
     epochs, warm = {}, {}
     for name, build in builders.items():
         if args.only is None or name in args.only:
@@ -176,7 +183,7 @@ def main(argv=None) -> int:
             rates[name].append(epoch_rate(make_iter))
         print(f"  round {r + 1}: " + "  ".join(f"{n} {v[-1]:7.1f}" for n, v in rates.items()))
     med = {name: statistics.median(v) for name, v in rates.items()}
-    print("median img/s: " + "  ".join(f"({'abc'[i]}) {n} {med[n]:.1f}"
+    print("median img/s: " + "  ".join(f"({'abcd'[i]}) {n} {med[n]:.1f}"
                                       for i, n in enumerate(builders) if n in med))
 
     def ratio(a, b, target, label):
@@ -193,7 +200,9 @@ def main(argv=None) -> int:
         ratio("ray", "torchvision", 2.5, "(c)/(a) ray / torchvision")
     if {"ffcv", "torchvision"} <= set(rates):
         ratio("ffcv", "torchvision", 0.0, "(b)/(a) ffcv / torchvision")
-    if "ray" in epochs:
+    if {"ray-ordered", "ray"} <= set(rates):
+        ratio("ray-ordered", "ray", 0.0, "(d)/(c) deterministic / ray")
+    if "ray" in epochs or "ray-ordered" in epochs:
         import ray
 
         ray.shutdown()

@@ -30,12 +30,13 @@ from arinv.data.reader import (DEFAULT_CACHE, DEFAULT_CACHE_BYTES, decode_rows, 
 from arinv.data.reader import join as _join
 from arinv.data.shards import verify_shards
 
-def _read_chunk(uri, shard, cache, start, stop, base):
+def _read_chunk(uri, shard, cache, start, stop, base, round_=0):
     with open_shard(uri, shard, cache) as reader:
         recs = reader.records(start, stop)
     yield pa.table({
         "shard": pa.array([shard["file"]] * len(recs), pa.string()),
         "position": pa.array(np.arange(start, stop), pa.int64()),  # index within the shard
+        "round": pa.array([round_] * len(recs), pa.int64()),  # the execution (epoch) it is in
         "payload": pa.array([r.payload for r in recs], pa.binary()),
         "mode": pa.array([r.mode for r in recs], pa.uint8()),
         "width": pa.array([r.width for r in recs], pa.int32()),
@@ -50,9 +51,10 @@ class BetonDatasource(Datasource):
 
     def __init__(self, uri: str, manifest: dict, *, rows_per_task: int = 512,
                  cache: tuple[str, int] = (DEFAULT_CACHE, DEFAULT_CACHE_BYTES),
-                 shuffle: bool = False):
+                 shuffle: bool = False, seed: int | None = None):
         self.uri, self.manifest, self.rows_per_task = uri, manifest, rows_per_task
-        self.cache, self.shuffle = cache, shuffle
+        self.cache, self.shuffle, self.seed = cache, shuffle, seed
+        self.rounds = 0  # executions planned so far (one per epoch): seeds that epoch's order
 
     def estimate_inmemory_data_size(self) -> int:
         return sum(s["bytes"] for s in self.manifest["shards"])
@@ -69,29 +71,37 @@ class BetonDatasource(Datasource):
                 meta = BlockMetadata(num_rows=stop - start,
                                      size_bytes=shard["bytes"] * (stop - start) // max(1, n),
                                      exec_stats=None, input_files=(path,))
-                fn = functools.partial(_read_chunk, self.uri, shard, self.cache, start, stop, base)
+                fn = functools.partial(_read_chunk, self.uri, shard, self.cache, start, stop, base,
+                                       self.rounds)
                 tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
             base += n
         if self.shuffle:  # planned again for every epoch, so every epoch gets its own order
-            random.shuffle(tasks)
+            rng = random.Random(None if self.seed is None else self.seed * 100003 + self.rounds)
+            rng.shuffle(tasks)
+        self.rounds += 1
         return tasks
 
 
 def decode_batch(batch: dict, *, split_transform: str, resolution: int,
                  crop_scale: tuple[float, float] = (0.08, 1.0), uri: str = "",
-                 on_corrupt: str = "skip") -> dict:
+                 on_corrupt: str = "skip", seed: int | None = None) -> dict:
     """The map stage: decode + crop a batch of rows (``arinv.data.reader.decode_rows``):
     random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out.
     ``ok`` is False for a sample that did not decode (skipped with a warning naming its shard
-    and index; consumers drop and count it), unless ``on_corrupt="fail"``."""
+    and index; consumers drop and count it), unless ``on_corrupt="fail"``. With ``seed`` the
+    random crops are drawn from (seed, epoch round, the batch's first sample), so a run with
+    the same seed crops the same way."""
     _import_uninterrupted("arinv.data.transforms")  # torch, safe from a cancel mid-import
 
     def where(i: int) -> str:
         return f"{_join(uri, str(batch['shard'][i]))} sample {int(batch['position'][i])}"
 
+    rng = None
+    if seed is not None and len(batch["index"]):
+        rng = np.random.default_rng([seed, int(batch["round"][0]), int(batch["index"][0])])
     images, ok = decode_rows(batch["payload"], batch["mode"], batch["width"], batch["height"],
                              where, on_corrupt=on_corrupt, split_transform=split_transform,
-                             resolution=resolution, crop_scale=crop_scale)
+                             resolution=resolution, crop_scale=crop_scale, rng=rng)
     return {"image": images, "label": batch["label"].astype(np.int64),
             "index": batch["index"].astype(np.int64), "ok": ok}
 
@@ -127,7 +137,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
                 verify: str = "size", runtime_env: dict | None = None,
                 num_cpus: float | None = None,
                 crop_scale: tuple[float, float] = (0.08, 1.0),
-                shuffle: bool | None = None, on_corrupt: str = "skip") -> Dataset:
+                shuffle: bool | None = None, on_corrupt: str = "skip",
+                seed: int | None = None) -> Dataset:
     """A Ray Dataset of decoded, cropped uint8 batches from the shard set at ``uri``.
 
     ``verify``: "size" checks each local shard's size against the manifest when it is opened
@@ -141,6 +152,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     ``on_corrupt``: a sample that does not decode is flagged ``ok=False`` with a warning
     ("skip") or fails the stream ("fail"). Local shards are sha256-checked against the manifest
     once per file version per node (``arinv.data.reader.verify_local``) before they are read.
+    ``seed`` makes the chunk order and the random crops of every epoch a function of the seed
+    (with ``preserve_order`` in the consumer's execution options, the stream is reproducible).
     ``shuffle`` (default: for "train") reads the chunks of the shards in a new random order
     every epoch; the writer already shuffled samples across shards, and a consumer adds a local
     shuffle buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``) for the rest.
@@ -154,7 +167,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
         verify_shards(uri)
     source = BetonDatasource(uri, manifest, rows_per_task=rows_per_task,
                              cache=(cache_dir, cache_bytes),
-                             shuffle=split_transform == "train" if shuffle is None else shuffle)
+                             shuffle=split_transform == "train" if shuffle is None else shuffle,
+                             seed=seed)
     env = {"runtime_env": runtime_env} if runtime_env else {}
     if num_cpus is not None:
         env["num_cpus"] = num_cpus
@@ -165,7 +179,8 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
         return read_datasource(source, override_num_blocks=blocks, **env).map_batches(
             decode_batch, batch_size=decode_batch_size, batch_format="numpy",
             fn_kwargs={"split_transform": split_transform, "resolution": resolution,
-                       "crop_scale": tuple(crop_scale), "uri": uri, "on_corrupt": on_corrupt},
+                       "crop_scale": tuple(crop_scale), "uri": uri, "on_corrupt": on_corrupt,
+                       "seed": seed},
             **env)
 
 

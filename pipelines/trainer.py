@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from arinv.checkpoint import STATE, CheckpointError, check_arch, read_payload
-from arinv.config import build, flatten, migrate, to_dict
+from arinv.config import build, flatten, stored, to_dict
 from arinv.data import storage
 from arinv.data.reader import load_manifest, run_shards
 from arinv.train.runtime import resolve_device
@@ -109,8 +109,9 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     DataContext.get_current().enable_progress_bars = progress
     # a missing or incomplete set fails here, not in a worker
     manifests = {split: load_manifest(f"{root}/{split}") for split in ("train", "val")}
+    seed = cfg.runtime.seed if cfg.runtime.deterministic else None
     val = read_shards(f"{root}/val", split_transform="eval", resolution=resolution,
-                      on_corrupt=cfg.data.on_corrupt)
+                      on_corrupt=cfg.data.on_corrupt, seed=seed)
     if cfg.data.loader == "ffcv":
         from pipelines.ffcv_loader import local_shards
 
@@ -122,14 +123,15 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     rows = max(1, min(512, n // (4 * cfg.scaling.num_workers)))
     train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
                         resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),
-                        rows_per_task=rows, on_corrupt=cfg.data.on_corrupt)
+                        rows_per_task=rows, on_corrupt=cfg.data.on_corrupt, seed=seed)
     return {"train": train, "val": val}
 
 
-def data_config():
+def data_config(preserve_order: bool = False):
     """Ray Train's DataConfig, except that the training set is split with ``equal=False``: the
     default (``equal=True``) drops rows so that workers get equal counts; we keep every sample
-    once per epoch and let DDP's ``join`` absorb the uneven ends."""
+    once per epoch and let DDP's ``join`` absorb the uneven ends. ``preserve_order``: blocks
+    reach the workers in the order they were planned (``runtime.deterministic``)."""
     import ray.train
 
     class ExactlyOnce(ray.train.DataConfig):
@@ -139,6 +141,7 @@ def data_config():
             for name, ds in datasets.items():
                 ds = ds.copy(ds)
                 ds.context.execution_options = self._resolve_execution_options(name)
+                ds.context.execution_options.preserve_order = preserve_order
                 if name == "train":
                     for i, split in enumerate(ds.streaming_split(world_size, equal=False,
                                                                  locality_hints=hints)):
@@ -234,7 +237,7 @@ def check_resume(storage_path: str, name: str, *, task) -> str | None:
         raise CheckpointError(f"{where}: holds a {payload.get('kind')} checkpoint, this run is "
                               f"a {task.kind} run; use another --run-name")
     check_arch(where, payload["arch"], task.arch)
-    check_resumable(where, flatten(migrate(task.cls, payload["config"])), flatten(task.cfg))
+    check_resumable(where, flatten(stored(task.cls, payload["config"])), flatten(task.cfg))
     folder = where.rsplit("/", 1)[0]
     done = payload["progress"]["epoch"] >= task.epochs and all(
         storage.exists(f"{folder}/{f}") for f in task.final_files)
@@ -298,7 +301,7 @@ def launch(task, launch: Launch) -> dict:
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=sc.keep_checkpoints),
             callbacks=list(launch.callbacks)),
-        datasets=ds, dataset_config=data_config())
+        datasets=ds, dataset_config=data_config(cfg.runtime.deterministic))
     try:
         result = trainer.fit()
     except BaseException as e:  # the MLflow run says so; a relaunch sets it RUNNING again
@@ -411,6 +414,10 @@ class RayBackend:
 
         it = ray.train.get_dataset_shard(name)
         buffer = {"local_shuffle_buffer_size": 4 * batch_size} if shuffle else {}
+        rt = self.task.cfg.runtime
+        if shuffle and rt.deterministic:
+            self.rounds = getattr(self, "rounds", -1) + 1  # one shuffled pass per epoch
+            buffer["local_shuffle_seed"] = rt.seed * 100003 + self.rounds
         for b in it.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, **buffer):
             ok = b["ok"]
             if bool(ok.all()):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from arinv.checkpoint import load_checkpoint, read_checkpoint
-from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, build, migrate
+from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, stored
 from arinv.models import create_encoder, create_generator
 
 
@@ -20,8 +20,7 @@ def load_encoder(path: str | Path, device="cpu") -> tuple[torch.nn.Module, Encod
     model = create_encoder(arch.pop("name"), **arch)
     load_checkpoint(path, kind="encoder", arch=model.arch, modules={"model": model},
                     restore_rng=False)
-    return model.to(device).eval(), build(EncoderTrainConfig,
-                                          migrate(EncoderTrainConfig, payload["config"]))
+    return model.to(device).eval(), stored(EncoderTrainConfig, payload["config"])
 
 
 def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, GeneratorTrainConfig]:
@@ -32,5 +31,4 @@ def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, Gen
     g = create_generator(g_arch.pop("name"), **g_arch)
     load_checkpoint(path, kind="generator", arch={**arch, "generator": g.arch},
                     modules={"generator": g}, restore_rng=False)
-    return g.to(device).eval(), build(GeneratorTrainConfig,
-                                      migrate(GeneratorTrainConfig, payload["config"]))
+    return g.to(device).eval(), stored(GeneratorTrainConfig, payload["config"])

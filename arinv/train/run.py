@@ -33,7 +33,7 @@ import torch
 from arinv.checkpoint import STATE, save_checkpoint
 from arinv.config import flatten, to_dict
 
-from .runtime import seed_everything
+from .runtime import seed_everything, use_deterministic_algorithms
 from .state import resume
 
 EPOCH_SEED = 1009  # seed of (epoch, rank): seed + EPOCH_SEED * epoch + rank
@@ -42,6 +42,8 @@ EPOCH_SEED = 1009  # seed of (epoch, rank): seed + EPOCH_SEED * epoch + rank
 def fit(task, backend, *, log=print) -> dict:
     """Train ``task`` under ``backend`` (resuming from its latest checkpoint); returns
     ``{"history", "files", "resumed_from"}`` (``files``: the final evaluation's, by name)."""
+    if task.cfg.runtime.deterministic:
+        use_deterministic_algorithms()
     seed_epoch(task, backend, 0)
     modules = task.build(backend.device)
     start, history, files = restore(task, backend, modules, log)
@@ -49,6 +51,12 @@ def fit(task, backend, *, log=print) -> dict:
         return {"history": history, "files": files, "resumed_from": start}
     micro, accumulate = task.cfg.scaling.accumulation(task.batch_size, backend.world)
     val = collect(backend.eval_batches(micro), task.eval_images) if backend.rank == 0 else None
+    if start >= task.epochs:  # trained far enough (optim.epochs lowered), never evaluated
+        files = task.evaluate(*val, periodic=False, final=True, batch_size=micro)[1] \
+            if backend.rank == 0 else {}
+        backend.save(start, lambda d: write_checkpoint(d, task, modules, start, history, files),
+                     history[-1])
+        return {"history": history, "files": files, "resumed_from": start}
     trainables = task.wrap(lambda m: ddp(m, backend))
     for epoch in range(start, task.epochs):
         seed_epoch(task, backend, epoch)

@@ -42,6 +42,16 @@ def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channe
     return x, y.to(device, non_blocking=True).long()
 
 
+def use_deterministic_algorithms() -> None:
+    """torch's deterministic kernels (an error where an operation has none) and no cuDNN
+    autotuning; cuBLAS needs its workspace setting before CUDA starts."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from arinv.checkpoint import CheckpointError, load_checkpoint
-from arinv.config import flatten, migrate
+from arinv.config import flatten, stored
 
 # Config fields that may differ between a checkpoint's run and the run resuming it.
-RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.shards", "data.loader", "runtime.device",
-                     "scaling.", "name")
+RESUMABLE_CHANGES = ("optim.epochs", "eval.", "data.shards", "data.loader", "data.on_corrupt",
+                     "runtime.device", "runtime.deterministic", "scaling.", "name")
 
 
 def resume(path: Path, *, kind: str, cls, arch: dict, modules: dict[str, Any], config: dict,
@@ -22,7 +22,7 @@ def resume(path: Path, *, kind: str, cls, arch: dict, modules: dict[str, Any], c
         return 0, []
     payload = load_checkpoint(path, kind=kind, arch=arch, modules=modules,
                               map_location=map_location)
-    check_resumable(path, flatten(migrate(cls, payload["config"])), config)
+    check_resumable(path, flatten(stored(cls, payload["config"])), config)
     return payload["progress"]["epoch"], payload["progress"].get("history", [])
 
 

@@ -9,7 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from arinv.data.beton import BetonReader, decode  # noqa: E402
-from arinv.data.shards import write_shards  # noqa: E402
+from arinv.data.shards import ShardError, write_shards  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,7 @@ def test_truncated_shard_is_named_when_streaming(ray_cluster, shard_set, tmp_pat
     shutil.copytree(dest, broken)
     victim = broken / manifest["shards"][1]["file"]
     victim.write_bytes(victim.read_bytes()[:1000])
-    with pytest.raises(Exception, match=victim.name):
+    with pytest.raises(ShardError, match=victim.name):  # Ray's error is also the cause's type
         read_shards(str(broken), split_transform="eval", resolution=64).materialize()
 
 
@@ -275,5 +275,5 @@ def test_the_stream_flags_corrupt_samples_and_refuses_altered_shards(ray_cluster
                                                      resolution=32).iter_batches(batch_format="numpy")
             for i, ok in zip(b["index"], b["ok"])]
     assert sorted(i for i, ok in rows if not ok) == [7] and len(rows) == len(set(rows))
-    with pytest.raises(Exception, match="sha256 differs from the manifest"):
+    with pytest.raises(ShardError, match="sha256 differs from the manifest"):
         read_shards(str(tmp_path / "altered"), split_transform="eval", resolution=32).take_all()

@@ -460,3 +460,21 @@ def test_access_denied_and_rejected_keys_messages():
     assert uri in msg and "access denied" in msg and "AWS_PROFILE" in msg
     bad_key = ClientError({"Error": {"Code": "InvalidAccessKeyId"}}, "PutObject")
     assert "rejected the AWS credentials" in str(storage._storage_error(bad_key, uri))
+
+
+def test_eval_robustness_on_a_held_out_shard_set_in_s3(s3_env, s3_prefix, tmp_path, capsys):
+    """A model trained from shards is evaluated on its held-out shard set read from S3."""
+    from pipelines.cli import main
+
+    wd = tmp_path / "run"
+    assert main(["train-encoder", "--config", "tiny-sample-standard", "--workdir", str(wd),
+                 "--local", "--no-progress", "--set", "optim.epochs=1", "--set",
+                 "data.train_per_class=2", "--set", "data.val_per_class=1", "--set",
+                 "eval.pgd_eps=[0.5]", "--set", "eval.pgd_steps=1"]) == 0
+    remote = s3_prefix + "val"
+    storage.upload_dir(wd / "shards" / "sample-2-1" / "val", remote)
+    out = tmp_path / "rob.json"
+    assert main(["eval-robustness", "--checkpoint", str(wd / "checkpoint" / "state.pt"),
+                 "--data", remote, "--eps", "0.5", "--steps", "1", "--json", str(out)]) in (0, 1)
+    assert json.loads(out.read_text())["n"] == 8 and f"8 images of {remote}" in \
+        capsys.readouterr().out

@@ -46,7 +46,8 @@ def eps_sweep(tmp_path_factory):
            "--workdir", str(d / "w"), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ARINV_MODEL_CACHE": str(d / "cache")}
     with open(d / "first.log", "w") as log:
-        first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        # run from the sweep's folder: its MLflow store is ./mlflow.db there
+        first = subprocess.Popen(cmd, cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)  # its own group: Ray dies with it
         try:
             deadline = time.time() + 420
@@ -59,10 +60,10 @@ def eps_sweep(tmp_path_factory):
             first.wait()
     interrupted = first.returncode
     _wait_group_gone(first.pid)
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     return {"dir": d, "workdir": d / "w", "cmd": cmd, "env": env, "interrupted": interrupted,
-            "out": second.stdout, "uri": f"sqlite:///{d / 'w' / 'mlflow.db'}"}
+            "out": second.stdout, "uri": f"sqlite:///{d / 'mlflow.db'}"}
 
 
 def _wait_group_gone(pgid: int, timeout: float = 60) -> None:
@@ -113,7 +114,7 @@ def test_interrupted_eps_sweep_resumes_and_fills_table_a3(eps_sweep):
 
 
 def test_relaunch_with_another_config_is_refused(eps_sweep):
-    r = subprocess.run([*eps_sweep["cmd"], "--set", "eps=[0.0, 2.0]"], cwd=ROOT,
+    r = subprocess.run([*eps_sweep["cmd"], "--set", "eps=[0.0, 2.0]"], cwd=eps_sweep["dir"],
                        env=eps_sweep["env"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "toy.sweep.json" in r.stderr and "eps=[0.0, 1.0]" in r.stderr and "another" in r.stderr
@@ -127,7 +128,8 @@ def test_relaunching_a_finished_sweep_reruns_and_registers_nothing(eps_sweep):
                 ("arinv-alexnet_small", "arinv-alexnet_small-conv5-autoencoder")}
 
     before = versions()
-    r = subprocess.run(eps_sweep["cmd"], cwd=ROOT, env=eps_sweep["env"], capture_output=True,
+    r = subprocess.run(eps_sweep["cmd"], cwd=eps_sweep["dir"], env=eps_sweep["env"],
+                       capture_output=True,
                        text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resuming the sweep" in r.stdout and "best trial" in r.stdout

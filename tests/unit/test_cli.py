@@ -84,7 +84,7 @@ def test_train_then_eval_robustness(tmp_path, capsys):
     rep = json.loads(out_json.read_text())
     assert code == (0 if all(c["passed"] for c in rep["checks"]) else 1)
     assert set(rep["pgd"]) == {"0.25", "1.0"} and set(rep["autoattack"]) == {"1.0"}
-    assert rep["n"] == 16 and 0 <= rep["clean"] <= 1
+    assert rep["n"] == 16 and rep["clean"] * 16 == pytest.approx(round(rep["clean"] * 16))
     assert "AutoAttack" in capsys.readouterr().out
 
 

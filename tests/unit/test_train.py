@@ -129,3 +129,10 @@ def test_num_classes_mismatch_with_data_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="encoder.num_classes: is 10 but .* has 8 classes"):
         fit_encoder(cfg, tmp_path, progress=False)
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_lowering_the_epochs_below_a_checkpoint_evaluates_without_training(tmp_path):
+    fit_encoder(_tiny(False, 2), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "checkpoint" / "report.json").unlink()  # as after epoch 2 of 4
+    out = fit_encoder(_tiny(False, 1), tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in out["history"]] == [1, 2] and out["robustness"]["n"] == 16
