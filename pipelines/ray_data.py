@@ -190,8 +190,8 @@ def _dataset_context():
     created), restored afterwards so that the caller's other datasets keep theirs.
 
     Ray Data's per-operator resource reservation keeps half the CPUs for operators this pipeline
-    does not have (it is one fused read + decode operator): measured on 2 cores, it ran one
-    decode task at a time (1,873 img/s) instead of two (3,299 img/s)."""
+    does not have (it is one fused read + decode operator): on 2 cores it ran one decode task
+    at a time instead of two (figures in docs/benchmarks.md)."""
     ctx = DataContext.get_current()
     saved = ctx.op_resource_reservation_enabled
     ctx.op_resource_reservation_enabled = False

@@ -1,7 +1,7 @@
 """JPEG decoding through libjpeg-turbo's TurboJPEG library (ctypes), with DCT-domain downscaling.
 
-OpenCV's own JPEG path measured 1.2x slower than TurboJPEG on the same payloads (one core,
-``benchmarks/jpeg_decode.py``: 115 against 92 ms per 512 shard JPEGs), so shard readers decode here.
+OpenCV's own JPEG path measured slower than TurboJPEG on the same payloads
+(``benchmarks/jpeg_decode.py``, figures in ``docs/benchmarks.md``), so shard readers decode here.
 TurboJPEG is the library ffcv links against (the setup installs ``libturbojpeg0-dev``); where
 it is absent (``ARINV_JPEG_DECODER=opencv`` forces this too) decoding falls back to OpenCV.
 

@@ -68,7 +68,7 @@ def _decode_at_least(payload, mode, w, h, need_w, need_h) -> tuple[np.ndarray, i
 
 def _resize(img: np.ndarray, w: int, h: int) -> torch.Tensor:
     """H x W x 3 uint8 (a view is fine) -> 3 x h x w uint8: bilinear with antialiasing, the
-    filter torchvision's RandomResizedCrop uses (torch's uint8 path; 1.7-2.1x faster here than
+    filter torchvision's RandomResizedCrop uses (torch's uint8 path, measured faster than
     OpenCV's INTER_AREA at these sizes)."""
     x = torch.from_numpy(img).permute(2, 0, 1)[None]
     return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True)[0]
