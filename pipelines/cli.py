@@ -293,9 +293,12 @@ def _train(args, cls, pipeline):
         from arinv.train.local import fit_local
 
         workdir = Path(args.workdir or Path("runs") / cfg.name)
-        from pipelines.registry import task_inputs
+        inputs = {}
+        ref = getattr(getattr(cfg, "encoder", None), "checkpoint", None)
+        if ref and ":/" in ref:  # a registry URI or s3:// object: fetched first (needs MLflow)
+            from pipelines.registry import task_inputs
 
-        inputs = task_inputs(cfg, _launch(args, cfg).tracking(), None)  # registry URIs fetched
+            inputs = task_inputs(cfg, _launch(args, cfg).tracking(), None)
         return cfg, fit_local(cfg, workdir, progress=not args.no_progress, **inputs), workdir
     run = _launch(args, cfg)
     return cfg, pipeline(cfg, run), run.workdir

@@ -333,9 +333,9 @@ def _reuse(folder: str, task, launch: Launch, name: str) -> dict:
     run_id = tracking.find_or_create_run(
         uri, launch.experiment, launch.run_key(name), run_name=name,
         tags={"arinv.kind": task.kind, "arinv.preset": task.cfg.name, **launch.extra_tags})
-    history = torch.load(final / STATE, map_location="cpu", weights_only=True)["progress"]
+    history = read_payload(final / STATE)["progress"]["history"]
     return {"run_id": run_id, "tracking_uri": uri, "checkpoint_dir": final,
-            "stored_checkpoint": f"{folder}/{STATE}", "metrics": history["history"][-1],
+            "stored_checkpoint": f"{folder}/{STATE}", "metrics": history[-1],
             "result": None}
 
 
@@ -394,7 +394,7 @@ class RayBackend:
         ``data.loader: ffcv``, from ffcv's Loader over the node-local shards."""
         cfg = self.task.cfg
         if cfg.data.loader != "ffcv":
-            return self._batches("train", batch_size, shuffle=True)
+            return self._batches("train", batch_size, shuffle=True, epoch=epoch)
         from pipelines.ffcv_loader import ffcv_batches
 
         return ffcv_batches(f"{self.config['shards']}/train", rank=self.rank, world=self.world,
@@ -406,7 +406,7 @@ class RayBackend:
     def eval_batches(self, batch_size: int):
         return self._batches("val", batch_size)
 
-    def _batches(self, name: str, batch_size: int, *, shuffle: bool = False):
+    def _batches(self, name: str, batch_size: int, *, shuffle: bool = False, epoch: int = 0):
         """(uint8 images, labels) over this worker's split of dataset ``name``; ``shuffle``
         mixes rows in a buffer of a few batches. Samples the stream flagged as corrupt are
         dropped and counted in ``skipped``."""
@@ -416,8 +416,7 @@ class RayBackend:
         buffer = {"local_shuffle_buffer_size": 4 * batch_size} if shuffle else {}
         rt = self.task.cfg.runtime
         if shuffle and rt.deterministic:
-            self.rounds = getattr(self, "rounds", -1) + 1  # one shuffled pass per epoch
-            buffer["local_shuffle_seed"] = rt.seed * 100003 + self.rounds
+            buffer["local_shuffle_seed"] = rt.seed * 100003 + epoch
         for b in it.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, **buffer):
             ok = b["ok"]
             if bool(ok.all()):

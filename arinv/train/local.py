@@ -35,21 +35,23 @@ class LocalBackend:
         self.device, self.progress = resolve_device(cfg.runtime.device), progress
         self.checkpoint = self.workdir / CHECKPOINT
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._readers: list[ShardBatches] = []
+        self._readers: dict[tuple[str, int], ShardBatches] = {}
 
     @property
     def skipped(self) -> int:
         """Samples that did not decode, so far (dropped from their batches)."""
-        return sum(b.skipped for b in self._readers)
+        return sum(b.skipped for b in self._readers.values())
 
     def _batches(self, split: str, batch_size: int, train: bool) -> ShardBatches:
-        cfg = self.task.cfg
-        batches = ShardBatches(f"{self.shards}/{split}", batch_size,
-                               resolution=self.task.resolution, train=train,
-                               crop_scale=(cfg.data.crop_min_scale, 1.0), seed=cfg.runtime.seed,
-                               shuffle=split == "train", on_corrupt=cfg.data.on_corrupt)
-        self._readers.append(batches)
-        return batches
+        """One reader per (split, batch size), kept: its manifest is read once."""
+        key = (split, batch_size)
+        if key not in self._readers:
+            cfg = self.task.cfg
+            self._readers[key] = ShardBatches(
+                f"{self.shards}/{split}", batch_size, resolution=self.task.resolution,
+                train=train, crop_scale=(cfg.data.crop_min_scale, 1.0), seed=cfg.runtime.seed,
+                shuffle=split == "train", on_corrupt=cfg.data.on_corrupt)
+        return self._readers[key]
 
     def train_batches(self, epoch: int, batch_size: int):
         batches = self._batches("train", batch_size, self.task.augment)
