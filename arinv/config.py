@@ -129,9 +129,19 @@ class DataConfig:
     # a stored sample that does not decode: skip it (a warning naming shard and index, counted
     # in the corrupt_samples metric) or fail the run
     on_corrupt: Literal["skip", "fail"] = "skip"
+    # train on these labels only (a generator for one-vs-all anomaly detection learns its
+    # positive class); null = every class. Held-out data keeps every class.
+    classes: Optional[list[int]] = None
 
     def check(self) -> list[str]:
         errs = []
+        if self.classes is not None:
+            if not self.classes or any(c < 0 for c in self.classes):
+                errs.append(f"classes: a non-empty list of class indices >= 0 (or null), got "
+                            f"{self.classes}")
+            if self.loader == "ffcv":
+                errs.append("classes: the ffcv loader reads every class; use loader=ray to "
+                            "train on a subset of classes")
         if self.loader == "ffcv" and self.shards and "://" in self.shards:
             errs.append(f"loader: ffcv reads shards on local disk only, data.shards is "
                         f"{self.shards!r}; use loader=ray for S3")
@@ -264,7 +274,11 @@ class EncoderTrainConfig:
     def check(self) -> list[str]:
         if not self.name or "/" in self.name:
             return [f"name: must be a non-empty run name without '/', got {self.name!r}"]
-        return _batch_errors(self.scaling, self.optim.batch_size)
+        errs = _batch_errors(self.scaling, self.optim.batch_size)
+        if self.data.classes is not None:
+            errs.append("data.classes: an encoder is trained on every class of its data "
+                        "(encoder.num_classes); class subsets are for generator runs")
+        return errs
 
 
 @dataclass
@@ -467,6 +481,86 @@ class SweepConfig:
             errs.append(f"max_failures: must be >= 0, got {self.max_failures}")
         return errs
 
+
+
+@dataclass
+class ScoringConfig:
+    """Eq. 8 anomaly scores (Sec. A1): a latent of the tap's shape, white Gaussian noise seeded
+    by the image's dataset index, optimised ``iters`` times with a learning rate decaying
+    linearly from ``lr[0]`` to ``lr[1]``; the score is the final objective."""
+
+    iters: int = 100
+    lr: list[float] = field(default_factory=lambda: [0.1, 0.001])  # first, last iteration
+    optimizer: Literal["adam", "sgd"] = "adam"
+    # alpha_pix / alpha_feat: null = the generator's training weights (loss.pix / loss.feat),
+    # as the paper does
+    alpha_pix: Optional[float] = None
+    alpha_feat: Optional[float] = None
+    batch_size: int = 64               # images optimised together by one actor
+    actors: Optional[int] = None       # Ray Data actors; null = one per GPU, else per 2 CPUs
+    use_gpu: bool = False              # one GPU per actor
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.iters < 1 or self.batch_size < 1:
+            errs.append(f"iters, batch_size: must be >= 1, got {self.iters}, {self.batch_size}")
+        if len(self.lr) != 2 or any(v <= 0 for v in self.lr):
+            errs.append(f"lr: [first, last] learning rates > 0, got {self.lr}")
+        errs += [f"{k}: must be > 0 (or null), got {v}" for k, v in
+                 (("alpha_pix", self.alpha_pix), ("alpha_feat", self.alpha_feat))
+                 if v is not None and v <= 0]
+        if self.actors is not None and self.actors < 1:
+            errs.append(f"actors: must be >= 1 (or null), got {self.actors}")
+        return errs
+
+
+@dataclass
+class AnomalyConfig:
+    """One-vs-all anomaly detection (Sec. A1, Table A1): for each encoder column (standard,
+    robust) and each positive class, a generator trained on that class's training images only,
+    then Eq. 8 scores of the whole test set and their AUROC (negatives = every other class)."""
+
+    name: str = "anomaly"
+    # which of Table A1's datasets this is, for the paper's columns printed beside ours
+    dataset: Literal["cifar10", "catsdogs", "other"] = "other"
+    # the encoders of the two columns: a registry URI (models:/arinv-alexnet@robust), an
+    # encoder checkpoint file, or an encoder preset trained (and registered) first; null
+    # leaves the column out
+    standard: Optional[str] = "models:/arinv-alexnet@standard"
+    robust: Optional[str] = "models:/arinv-alexnet@robust"
+    encoder_set: list[str] = field(default_factory=list)  # overrides for encoders given as presets
+    generator: str = "anomaly-alexnet-conv5"  # the generator preset every class starts from
+    generator_set: list[str] = field(default_factory=list)  # overrides for every generator
+    # (lambda_pix, lambda_feat) of each column's generators and Eq. 8 (Sec. A1's values)
+    standard_weights: list[float] = field(default_factory=lambda: [2e-3, 1e-2])
+    robust_weights: list[float] = field(default_factory=lambda: [2e-6, 1e-2])
+    shards: Optional[str] = None        # train/ and val/ (the test set); default: the preset's
+    classes: Optional[list[int]] = None  # positive classes; null = every class of the data
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    max_concurrent: Optional[int] = None  # trials at once; default: what the cluster fits
+    max_failures: int = 1               # retries of a failed trial (it resumes its runs)
+
+    def check(self) -> list[str]:
+        errs = []
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            errs.append(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
+        if self.standard is None and self.robust is None:
+            errs.append("standard, robust: give at least one encoder")
+        if self.dataset != "other" and not self.shards:
+            errs.append(f"shards: dataset is {self.dataset}; set shards to its train/ and val/ "
+                        "shard sets (arinv data write SOURCE DEST --split train|test)")
+        for k in ("standard_weights", "robust_weights"):
+            w = getattr(self, k)
+            if len(w) != 2 or any(v <= 0 for v in w):
+                errs.append(f"{k}: [lambda_pix, lambda_feat] > 0, got {w}")
+        if self.classes is not None and (not self.classes or any(c < 0 for c in self.classes)
+                                         or len(set(self.classes)) != len(self.classes)):
+            errs.append(f"classes: distinct class indices >= 0 (or null), got {self.classes}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            errs.append(f"max_concurrent: must be >= 1 (or null), got {self.max_concurrent}")
+        if self.max_failures < 0:
+            errs.append(f"max_failures: must be >= 0, got {self.max_failures}")
+        return errs
 
 
 def _table_a3():
@@ -742,8 +836,11 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
 
 
 def config_class(preset_or_path: str):
-    """EncoderTrainConfig, GeneratorTrainConfig or SweepConfig, from the preset's fields."""
+    """EncoderTrainConfig, GeneratorTrainConfig, SweepConfig or AnomalyConfig, from the
+    preset's fields."""
     data = _read_yaml(resolve_preset(preset_or_path))
+    if {"standard", "robust", "scoring"} & set(data):
+        return AnomalyConfig  # Table A1: names its encoders and a generator preset
     if isinstance(data.get("encoder"), str) or isinstance(data.get("generator"), str):
         return SweepConfig  # a sweep names its encoder and generator presets
     return GeneratorTrainConfig if "generator" in data else EncoderTrainConfig

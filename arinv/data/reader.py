@@ -116,11 +116,12 @@ def decode_rows(payloads, modes, widths, heights, where, *, on_corrupt: str = "s
 class ShardBatches:
     """Batches over the shard set at ``uri``: random-resized-crop + flip (``train``) or resize
     + centre crop, shuffled per epoch when ``shuffle`` (default: ``train``); the last batch
-    may be short (every sample once per epoch)."""
+    may be short (every sample once per epoch). ``classes``: only samples with these labels."""
 
     def __init__(self, uri: str, batch_size: int, *, resolution: int, train: bool,
                  crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0,
-                 shuffle: bool | None = None, on_corrupt: str = "skip"):
+                 shuffle: bool | None = None, on_corrupt: str = "skip",
+                 classes: list[int] | None = None):
         self.uri, self.batch_size, self.resolution = uri, batch_size, resolution
         self.train, self.crop_scale, self.seed = train, tuple(crop_scale), seed
         self.shuffle = train if shuffle is None else shuffle
@@ -128,20 +129,38 @@ class ShardBatches:
         self.manifest = load_manifest(uri)
         self.classes = self.manifest["classes"]
         self.sizes = [s["num_samples"] for s in self.manifest["shards"]]
+        self.keep = classes  # labels to yield (None: all)
+        self._selected: np.ndarray | None = None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def selected(self) -> np.ndarray:
+        """Indices (into the whole set) of the samples this reader yields: those whose label is
+        in ``classes``, read from the shards' metadata once."""
+        if self._selected is None:
+            n = sum(self.sizes)
+            if self.keep is None:
+                self._selected = np.arange(n)
+            else:
+                labels = []
+                for s in self.manifest["shards"]:
+                    with open_shard(self.uri, s) as r:
+                        labels.append(np.asarray(r.labels))
+                self._selected = np.flatnonzero(np.isin(np.concatenate(labels), self.keep))
+        return self._selected
+
     def __len__(self) -> int:
-        return -(-sum(self.sizes) // self.batch_size)
+        return -(-len(self.selected()) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple]:
         import torch  # imported where used: Ray's read tasks import this module, not torch
 
         rng = np.random.default_rng([self.seed, self.epoch])
-        n = sum(self.sizes)
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        chosen = self.selected()
+        n = len(chosen)
+        order = chosen[rng.permutation(n)] if self.shuffle else chosen
         starts = np.cumsum([0] + self.sizes)
         readers = [open_shard(self.uri, s) for s in self.manifest["shards"]]
         try:

@@ -50,7 +50,8 @@ class LocalBackend:
             self._readers[key] = ShardBatches(
                 f"{self.shards}/{split}", batch_size, resolution=self.task.resolution,
                 train=train, crop_scale=(cfg.data.crop_min_scale, 1.0), seed=cfg.runtime.seed,
-                shuffle=split == "train", on_corrupt=cfg.data.on_corrupt)
+                shuffle=split == "train", on_corrupt=cfg.data.on_corrupt,
+                classes=cfg.data.classes if split == "train" else None)
         return self._readers[key]
 
     def train_batches(self, epoch: int, batch_size: int):

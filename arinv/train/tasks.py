@@ -155,7 +155,12 @@ class GeneratorTask:
         self.eval_images = max(cfg.eval.images, cfg.eval.epoch_images)
 
     def check_classes(self, classes: list, where: str) -> None:
-        pass  # inversion does not use labels
+        """Inversion ignores labels, but ``data.classes`` (the training subset) must exist."""
+        missing = [c for c in self.cfg.data.classes or () if c >= len(classes)]
+        if missing:
+            named = ", ".join(f"{i} {n}" for i, n in enumerate(classes))
+            raise ConfigError(f"data.classes: {missing} not in {where}, which has "
+                              f"{len(classes)} classes ({named}); name a class index from it")
 
     def _create(self):
         cfg, sn = self.cfg, self.cfg.generator.spectral_norm

@@ -12,6 +12,7 @@ from arinv.config import (
     config_class,
     flatten,
     list_presets,
+    AnomalyConfig,
     load_config,
     migrate,
     to_dict,
@@ -30,6 +31,13 @@ def test_every_preset_loads_and_validates(preset, tmp_path, monkeypatch):
         sw = load_config(SweepConfig, preset, [f"encoder_set={overrides}",
                                                f"generator_set={overrides}"])
         assert sw.name and plan(sw)
+        return
+    if config_class(preset) is AnomalyConfig:  # Table A1: every column's generator is checked
+        from arinv.experiments import table_a1
+
+        an = load_config(AnomalyConfig, preset, [f"shards={tmp_path}"])
+        cfgs = [table_a1.generator_config(an, c, 0, None) for c in table_a1.columns(an)]
+        assert cfgs and all(g.data.classes == [0] and g.loss.gan == 0 for g in cfgs)
         return
     cfg = load_config(config_class(preset), preset, overrides)
     assert cfg.name

@@ -1,0 +1,1 @@
+"""Downstream applications of trained encoders and generators."""
