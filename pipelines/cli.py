@@ -20,6 +20,8 @@ EPILOG = """examples:
   arinv eval-robustness --checkpoint runs/tiny-sample-robust/final/state.pt --eps 0.25 0.5 1 --autoattack-eps 0.5
   arinv data write /data/imagenet/train shards/imagenet/train       # .beton shards + manifest
   arinv data verify shards/imagenet/train
+  arinv anomaly eval --config tiny-sample-anomaly                     # Table A1 at toy size
+  arinv models import cifar_l2_0_5.pt --encoder resnet18_cifar --alias madry-l2-05 --robust-eps 0.5
 """
 
 
@@ -103,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", default=None, help="also write the report to this JSON file")
     _add_data_parser(sub)
+    from pipelines.cli_anomaly import add_anomaly_parser
+
+    add_anomaly_parser(sub, _add_launch_arguments)
+    _add_models_parser(sub)
     return p
 
 
@@ -186,6 +192,87 @@ def _add_data_parser(sub) -> None:
     v.add_argument("dest", metavar="DEST", help="a folder written by 'arinv data write'")
 
 
+MODELS_IMPORT_EPILOG = """layouts (detected; or name one with --layout):
+  torchvision  a bare state dict with the encoder's keys: torch.save(model.state_dict(), F)
+               (torchvision's AlexNet weights fit --encoder alexnet)
+  robustness   a MadryLab robustness library checkpoint: {'model': {'module.model.*',
+               'module.attacker.model.*', 'module.normalizer.new_mean', ...}, 'epoch': N};
+               its normaliser must equal the encoder's own (ImageNet or CIFAR-10 statistics)
+
+The file is read as weights only: one that holds pickled objects (e.g. an argparse Namespace)
+is refused; re-save its weights where you trust it: torch.save({'model': ckpt['model']}, F).
+Every key and shape must fit the encoder (num_classes is read from the head).
+
+examples:
+  arinv models import imagenet_l2_3_0.pt --encoder alexnet --alias madry-l2-3 --robust-eps 3.0
+  arinv models import alexnet-owt-7be5be79.pt --encoder alexnet --alias torchvision
+  arinv train-generator --config alexnet-conv5-gan \\
+      --set encoder.checkpoint=models:/arinv-alexnet@madry-l2-3
+"""
+
+
+def _add_models_parser(sub) -> None:
+    m = sub.add_parser("models", help="bring your own encoder: register a published "
+                       "classifier (torchvision, robustness library) in the MLflow registry")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
+    i = msub.add_parser("import", epilog=MODELS_IMPORT_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="register a published classifier's weights as an arinv encoder",
+                        description="Check FILE's weights against a registered arinv encoder "
+                        "(every key and shape, the input normaliser), write them as an arinv "
+                        "encoder checkpoint and register it in the MLflow model registry as "
+                        "NAME@ALIAS, from a run tagged arinv.kind=import that records the "
+                        "file's name and sha256. Rerunning with the same file and alias "
+                        "registers nothing new. The registered URI works wherever an encoder "
+                        "checkpoint does, e.g. encoder.checkpoint of a generator config.")
+    i.add_argument("file", metavar="FILE", help="the checkpoint file (.pt / .pth / .ckpt)")
+    i.add_argument("--encoder", required=True, metavar="ENCODER",
+                   help="the registered encoder the weights belong to (alexnet, alexnet_small, "
+                   "resnet18_cifar, resnet18_cifar_small)")
+    i.add_argument("--alias", required=True, help="registry alias, e.g. madry-l2-3 (letters, "
+                   "digits, '_' and '-')")
+    i.add_argument("--name", default=None, help="registered model name (default "
+                   "arinv-ENCODER, where trained encoders go too)")
+    i.add_argument("--robust-eps", type=float, default=None, metavar="EPS",
+                   help="the model was adversarially trained at this radius (in [0, 1] pixel "
+                   "units): record it as a robust encoder; default: a standard encoder")
+    i.add_argument("--robust-norm", choices=["l2", "linf"], default="l2",
+                   help="the norm of --robust-eps (default l2)")
+    i.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="check the head has N outputs (default: read from the file)")
+    i.add_argument("--layout", choices=["auto", "torchvision", "robustness"], default="auto",
+                   help="the file's layout (default: detected)")
+    i.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking server and registry; default $MLFLOW_TRACKING_URI or "
+                   "./mlflow.db (sqlite)")
+    i.add_argument("--experiment", default="arinv", help="MLflow experiment of the import run "
+                   "(default arinv)")
+
+
+def _models(args) -> int:
+    from pipelines.registry import import_encoder
+    from pipelines.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    r = import_encoder(uri, args.file, args.encoder, name=args.name, alias=args.alias,
+                       experiment=args.experiment, robust_eps=args.robust_eps,
+                       robust_norm=args.robust_norm, num_classes=args.num_classes,
+                       layout=args.layout)
+    info = r["info"]
+    kind = (f"robust ({args.robust_norm} eps {args.robust_eps:g}, as declared)"
+            if args.robust_eps is not None else "standard (no --robust-eps)")
+    epoch = f", epoch {info['epoch']}" if "epoch" in info else ""
+    print(f"{args.file}: {info['layout']} layout{epoch}, {info['num_classes']} classes, sha256 "
+          f"{info['sha256'][:16]}...; fits {args.encoder}; {kind}")
+    done = "already registered" if r["reused"] else "registered"
+    print(f"{done}: {r['uri']} (version {r['version']})\nMLflow:     {uri} run {r['run_id']}")
+    print(f"use it as a generator's encoder: --set encoder.name={args.encoder} --set "
+          f"encoder.checkpoint={r['uri']}\n"
+          f"or in Python: mlflow.pyfunc.load_model({r['uri']!r}), "
+          f"pipelines.registry.fetch_checkpoint({r['uri']!r})")
+    return 0
+
+
 def add_data_write_arguments(w: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of 'arinv data write', shared with 'python -m pipelines.write_shards'."""
     w.add_argument("source", metavar="SOURCE", help="a source folder, or 'sample[:SPLIT]'; with "
@@ -231,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    from arinv.checkpoint import CheckpointError
     from arinv.config import ConfigError
     from arinv.data.beton import BetonError
     from arinv.data.shards import ShardError
     from arinv.data.sources import SourceError
     from arinv.data.storage import StorageError
-    from arinv.checkpoint import CheckpointError
     from pipelines.errors import RegistryError, TrackingUnreachable
 
     try:
@@ -467,10 +554,18 @@ def _report_text(rob: dict) -> str:
     return "\n".join(lines)
 
 
+def _anomaly(args) -> int:
+    from pipelines.cli_anomaly import run
+
+    return run(args, _launch)
+
+
 _COMMANDS = {"quickstart": _quickstart, "presets": _presets, "config": _config,
              "train-encoder": _train_encoder, "train-generator": _train_generator,
              "sweep": _sweep,
-             "eval-robustness": _eval_robustness, "data": _data}
+             "eval-robustness": _eval_robustness, "data": _data,
+             "anomaly": lambda args: _anomaly(args),
+             "models": _models}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,10 +25,16 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from arinv.data import storage
-from arinv.data.reader import (DEFAULT_CACHE, DEFAULT_CACHE_BYTES, decode_rows, load_manifest,
-                               open_shard)
+from arinv.data.reader import (
+    DEFAULT_CACHE,
+    DEFAULT_CACHE_BYTES,
+    decode_rows,
+    load_manifest,
+    open_shard,
+)
 from arinv.data.reader import join as _join
 from arinv.data.shards import verify_shards
+
 
 def _read_chunk(uri, shard, cache, start, stop, base, round_=0):
     with open_shard(uri, shard, cache) as reader:
@@ -84,13 +90,19 @@ class BetonDatasource(Datasource):
 
 def decode_batch(batch: dict, *, split_transform: str, resolution: int,
                  crop_scale: tuple[float, float] = (0.08, 1.0), uri: str = "",
-                 on_corrupt: str = "skip", seed: int | None = None) -> dict:
+                 on_corrupt: str = "skip", seed: int | None = None,
+                 classes: list[int] | None = None) -> dict:
     """The map stage: decode + crop a batch of rows (``arinv.data.reader.decode_rows``):
     random-resized-crop + flip ("train") or resize + centre crop ("eval"); uint8 NCHW out.
     ``ok`` is False for a sample that did not decode (skipped with a warning naming its shard
     and index; consumers drop and count it), unless ``on_corrupt="fail"``. With ``seed`` the
     random crops are drawn from (seed, epoch round, the batch's first sample), so a run with
-    the same seed crops the same way."""
+    the same seed crops the same way. ``classes``: rows with other labels are dropped before
+    decoding."""
+    if classes is not None:
+        keep = np.isin(batch["label"], classes)
+        if not keep.all():
+            batch = {k: v[keep] for k, v in batch.items()}
     _import_uninterrupted("arinv.data.transforms")  # torch, safe from a cancel mid-import
 
     def where(i: int) -> str:
@@ -138,7 +150,7 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
                 num_cpus: float | None = None,
                 crop_scale: tuple[float, float] = (0.08, 1.0),
                 shuffle: bool | None = None, on_corrupt: str = "skip",
-                seed: int | None = None) -> Dataset:
+                seed: int | None = None, classes: list[int] | None = None) -> Dataset:
     """A Ray Dataset of decoded, cropped uint8 batches from the shard set at ``uri``.
 
     ``verify``: "size" checks each local shard's size against the manifest when it is opened
@@ -157,6 +169,7 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
     ``shuffle`` (default: for "train") reads the chunks of the shards in a new random order
     every epoch; the writer already shuffled samples across shards, and a consumer adds a local
     shuffle buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``) for the rest.
+    ``classes``: only samples with these labels (dropped in the decode stage, undecoded).
     """
     if split_transform not in ("train", "eval"):
         raise ValueError(f"split_transform must be 'train' or 'eval', got {split_transform!r}")
@@ -180,7 +193,7 @@ def read_shards(uri: str, *, split_transform: str = "train", resolution: int = 2
             decode_batch, batch_size=decode_batch_size, batch_format="numpy",
             fn_kwargs={"split_transform": split_transform, "resolution": resolution,
                        "crop_scale": tuple(crop_scale), "uri": uri, "on_corrupt": on_corrupt,
-                       "seed": seed},
+                       "seed": seed, "classes": None if classes is None else list(classes)},
             **env)
 
 

@@ -83,6 +83,80 @@ def register_autoencoder(tracking_uri: str, run_id: str, *, encoder_checkpoint,
                                  name=name, alias=alias, tags=tags)
 
 
+_ALIAS = re.compile(r"^[\w-]{1,255}$")  # MLflow's alias rule; 'latest' and v<N> are reserved
+
+
+def import_encoder(tracking_uri: str, path, encoder_name: str, *, name: str | None = None,
+                   alias: str, experiment: str = "arinv", robust_eps: float | None = None,
+                   robust_norm: str = "l2", num_classes: int | None = None,
+                   layout: str = "auto") -> dict:
+    """Register a published classifier file ``path`` (torchvision or robustness library
+    layout, checked by ``arinv.models.imports``) as arinv encoder ``name`` (default
+    ``arinv-<encoder_name>``) at ``alias``, from an MLflow run tagged ``arinv.kind=import``
+    whose params say where it came from. ``robust_eps`` / ``robust_norm``: the threat model
+    it was adversarially trained for, as declared by the caller (None: a standard encoder).
+
+    Idempotent: the run is keyed by the file's sha256 and the alias; a rerun registers no new
+    version, and a rerun declaring other settings under the same alias is refused.
+    Returns {"uri", "name", "alias", "version", "run_id", "reused", "info"}."""
+    from mlflow.entities import Param
+
+    from arinv.config import AttackConfig, ConfigError
+    from arinv.models.imports import import_state_dict, write_encoder_checkpoint
+    from pipelines.tracking import find_or_create_run, find_run
+
+    if not _ALIAS.match(alias or "") or re.match(r"^(latest|v\d+)$", alias, re.IGNORECASE):
+        raise RegistryError(f"alias {alias!r}: use letters, digits, '_' and '-' (not 'latest' "
+                            "or v<number>, which MLflow reserves), e.g. madry-l2-3")
+    name = name or f"arinv-{encoder_name}"
+    if not name.strip() or "/" in name or ":" in name:
+        raise RegistryError(f"model name {name!r}: must be non-empty, without '/' or ':'")
+    if robust_norm not in ("l2", "linf"):
+        raise ConfigError(f"robust_norm: {robust_norm!r} is not l2 or linf")
+    attack = None
+    if robust_eps is not None:
+        attack = AttackConfig(eps=float(robust_eps), norm=robust_norm)
+        if attack.check():
+            raise ConfigError("; ".join(f"robust_{e}" for e in attack.check()))
+    model, info = import_state_dict(path, encoder_name, num_classes=num_classes, layout=layout)
+
+    params = {"source.file": info["file"], "source.sha256": info["sha256"],
+              "source.layout": info["layout"], "source.epoch": info.get("epoch", "none"),
+              "encoder.name": encoder_name, "encoder.num_classes": info["num_classes"],
+              "robust.eps": attack.eps if attack else "none",
+              "robust.norm": attack.norm if attack else "none"}
+    params = {k: str(v) for k, v in params.items()}
+    run_key = f"import-{info['sha256']}-{alias}"
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    with _explain_unreachable(tracking_uri, f"importing {info['file']}"):
+        earlier = find_run(tracking_uri, experiment, run_key)
+        logged = client.get_run(earlier).data.params if earlier else {}
+        diff = [f"{k}: {logged[k]} then, {v} now" for k, v in params.items()
+                if k != "source.file" and logged.get(k, v) != v]  # a renamed copy is the same
+        if diff:
+            raise RegistryError(
+                f"{info['file']} was imported under alias {alias!r} before (run {earlier} in "
+                f"experiment {experiment!r}) with other settings ({'; '.join(diff)}); choose "
+                "another alias for these")
+        run_id = find_or_create_run(tracking_uri, experiment, run_key,
+                                    run_name=_safe(f"import-{Path(path).stem}-{alias}"),
+                                    tags={KIND_TAG: "import"})
+        new = [Param(k, v) for k, v in params.items() if k not in logged]  # params: write-once
+        if new:
+            client.log_batch(run_id, params=new)
+        mv = registered_version(client, name, alias, run_id)
+    reused = mv is not None
+    if not reused:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = write_encoder_checkpoint(model, Path(tmp) / "encoder.pt", attack=attack,
+                                            name=_safe(f"import-{Path(path).stem}"), source=info)
+            mv = register_encoder(tracking_uri, run_id, ckpt, name=name, alias=alias)
+    with _explain_unreachable(tracking_uri, f"closing run {run_id}"):
+        client.set_terminated(run_id, "FINISHED")
+    return {"uri": f"models:/{name}@{alias}", "name": name, "alias": alias,
+            "version": mv.version, "run_id": run_id, "reused": reused, "info": info}
+
+
 def _log_and_register(tracking_uri, run_id, artifact_name, files: dict, signature, example, *,
                       name, alias, tags, ready_timeout: float = 300.0):
     from mlflow.models import Model

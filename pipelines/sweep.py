@@ -31,7 +31,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from arinv.config import SWEEP_METRICS, ConfigError, GeneratorTrainConfig, SweepConfig, build, flatten, to_dict
+from arinv.config import (
+    SWEEP_METRICS,
+    ConfigError,
+    GeneratorTrainConfig,
+    SweepConfig,
+    build,
+    flatten,
+    to_dict,
+)
 from arinv.data import storage
 from arinv.experiments import table_a3
 from arinv.experiments.table_a3 import checked, load_preset, run_name, trial_name
@@ -257,20 +265,34 @@ def _fit(sw: SweepConfig, run: Launch, cfgs: list, alias: str | None) -> dict:
     return result
 
 
+def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dict,
+                    tune_config, what: str):
+    """A Tune experiment NAME under run.storage_path whose trials run ``fn`` (their own process
+    only drives MLflow and Ray Train: no CPU of theirs); restored with its unfinished and errored
+    trials when the folder already holds one (a relaunch resumes), else a new one over
+    ``space``."""
+    from ray import tune
+
+    from pipelines.trainer import ray_storage_path, storage_filesystem
+
+    trainable = tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY})
+    fs = storage_filesystem(run.storage_path)
+    path = f"{ray_storage_path(run.storage_path).rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        print(f"== resuming {what} from {run.storage_path}/{name}")
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
+    rc = tune.RunConfig(name=name, storage_path=ray_storage_path(run.storage_path),
+                        storage_filesystem=fs, verbose=1 if run.progress else 0,
+                        failure_config=tune.FailureConfig(max_failures=max_failures))
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=rc)
+
+
 def _tuner(sw: SweepConfig, run: Launch, ctx: dict, concurrency: int):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from pipelines.trainer import ray_storage_path, storage_filesystem
-
-    trainable = tune.with_resources(trial, {"CPU": 0, "memory": TRIAL_MEMORY})
-    fs = storage_filesystem(run.storage_path)
-    path = f"{ray_storage_path(run.storage_path).rstrip('/')}/{sw.name}"
-    if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        print(f"== resuming the sweep from {run.storage_path}/{sw.name}")
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=fs)
     if sw.search is None:
         space = {"eps": tune.grid_search(list(sw.eps)), "ctx": ctx}
         tc = tune.TuneConfig(max_concurrent_trials=concurrency)
@@ -286,10 +308,8 @@ def _tuner(sw: SweepConfig, run: Launch, ctx: dict, concurrency: int):
                              mode=SWEEP_METRICS[s.metric], scheduler=scheduler,
                              search_alg=BasicVariantGenerator(random_state=s.seed,
                                                               max_concurrent=concurrency))
-    rc = tune.RunConfig(name=sw.name, storage_path=ray_storage_path(run.storage_path),
-                        storage_filesystem=fs, verbose=1 if run.progress else 0,
-                        failure_config=tune.FailureConfig(max_failures=sw.max_failures))
-    return tune.Tuner(trainable, param_space=space, tune_config=tc, run_config=rc)
+    return resumable_tuner(trial, sw.name, run, max_failures=sw.max_failures, space=space,
+                           tune_config=tc, what="the sweep")
 
 
 def _row(sw: SweepConfig, result) -> dict:

@@ -18,7 +18,6 @@ import sys
 from arinv.checkpoint import STATE
 from arinv.config import EncoderTrainConfig, flatten
 from arinv.train.tasks import REPORT, EncoderTask
-
 from pipelines.trainer import Launch, launch
 
 

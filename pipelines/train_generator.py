@@ -19,13 +19,13 @@ import sys
 from arinv.checkpoint import STATE
 from arinv.config import ConfigError, GeneratorTrainConfig, flatten
 from arinv.train.tasks import GRID, QUALITY, GeneratorTask
-
 from pipelines.trainer import Launch, launch
 
 
-def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
+def train_generator(cfg: GeneratorTrainConfig, run: Launch, *, model_name: str | None = None) -> dict:
     """Fit on Ray Train, then (with ``run.register``) register the encoder + generator pair as
-    a pyfunc autoencoder; returns quality metrics, run id, checkpoint and registered URI."""
+    a pyfunc autoencoder named ``model_name`` (default arinv-<encoder>-<tap>-autoencoder);
+    returns quality metrics, run id, checkpoint and registered URI."""
     from pipelines import registry, tracking
 
     if cfg.encoder.checkpoint is None:
@@ -45,7 +45,7 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch) -> dict:
     log.log_artifact(final / GRID)
     if run.register:
         alias = run.alias or _encoder_alias(cfg.encoder.checkpoint)
-        name = f"arinv-{cfg.encoder.name}-{cfg.encoder.layer}-autoencoder"
+        name = model_name or f"arinv-{cfg.encoder.name}-{cfg.encoder.layer}-autoencoder"
         version = registry.register_autoencoder(
             out["tracking_uri"], out["run_id"], encoder_checkpoint=enc_file,
             generator_checkpoint=final / STATE, name=name, alias=alias)

@@ -123,7 +123,8 @@ def datasets(cfg, root: str, resolution: int, *, augment: bool, progress: bool) 
     rows = max(1, min(512, n // (4 * cfg.scaling.num_workers)))
     train = read_shards(f"{root}/train", split_transform="train" if augment else "eval",
                         resolution=resolution, crop_scale=(cfg.data.crop_min_scale, 1.0),
-                        rows_per_task=rows, on_corrupt=cfg.data.on_corrupt, seed=seed)
+                        rows_per_task=rows, on_corrupt=cfg.data.on_corrupt, seed=seed,
+                        classes=cfg.data.classes)
     return {"train": train, "val": val}
 
 

@@ -17,9 +17,16 @@ def python_blocks() -> list[str]:
 
 def test_the_readme_has_the_blocks_these_tests_run():
     blocks = python_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     assert "create_encoder" in blocks[0] and "gan_step" in blocks[1]
     assert "read_shards" in blocks[2] and "mlflow.pyfunc.load_model" in blocks[3]
+    assert "eq8_scores" in blocks[4]
+
+
+def test_anomaly_scoring_example_runs():
+    ns: dict = {}
+    exec(compile(python_blocks()[4], str(README), "exec"), ns)
+    assert ns["s"]["score"].shape == (4,) and set(ns["s"]) >= {"score", "pixel", "feature"}
 
 
 def test_model_and_inversion_examples_run():
