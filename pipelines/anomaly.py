@@ -352,6 +352,9 @@ def trial(config: dict) -> None:
     workdir = Path(ctx["workdir"]) / "trials" / name
     encoder_ref = ctx["encoders"][column]
     gen_cfg = table_a1.generator_config(an, column, positive, encoder_ref)
+    # the shard set the plan resolved (the bundled sample written once for every trial)
+    gen_cfg = dataclasses.replace(gen_cfg, data=dataclasses.replace(gen_cfg.data,
+                                                                    shards=ctx["shards"]))
     launch = Launch(workdir=workdir, run_name=gen_cfg.name, storage_path=ctx["storage"],
                     tracking_uri=uri, experiment=exp, register=True, alias=column,
                     model_cache=ctx["model_cache"], progress=False,
