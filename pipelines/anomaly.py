@@ -455,10 +455,11 @@ def plan(an: AnomalyConfig, run: Launch) -> dict:
                           f"{len(classes)} classes "
                           f"({', '.join(f'{i} {n}' for i, n in enumerate(classes))})")
     resolution = probe.resolution or 0
+    labels = ShardBatches(f"{shards}/train", 1, resolution=max(resolution, 1),
+                          train=False).labels()  # read once for every positive class
+    counts = np.bincount(labels, minlength=len(classes))
     for p in positives:
-        n = len(ShardBatches(f"{shards}/train", 1, resolution=max(resolution, 1), train=False,
-                             classes=[p]).selected())
-        if n == 0:
+        if counts[p] == 0:
             raise ConfigError(f"classes: positive class {p} ({classes[p]}) has no training "
                               f"images in {shards}/train")
     cells = [{"column": c, "positive": p} for c in cols for p in positives]

@@ -144,12 +144,16 @@ class ShardBatches:
             if self.keep is None:
                 self._selected = np.arange(n)
             else:
-                labels = []
-                for s in self.manifest["shards"]:
-                    with open_shard(self.uri, s) as r:
-                        labels.append(np.asarray(r.labels))
-                self._selected = np.flatnonzero(np.isin(np.concatenate(labels), self.keep))
+                self._selected = np.flatnonzero(np.isin(self.labels(), self.keep))
         return self._selected
+
+    def labels(self) -> np.ndarray:
+        """Every sample's label, in set order, from the shards' metadata (no image read)."""
+        out = []
+        for s in self.manifest["shards"]:
+            with open_shard(self.uri, s) as r:
+                out.append(np.asarray(r.labels))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return -(-len(self.selected()) // self.batch_size)
