@@ -31,13 +31,6 @@ SCORING = ["--iters", "8", "--batch-size", "16", "--actors", "1"]
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Shards (8 classes, 32 training and 4 held-out crops each), a sqlite MLflow store and a
     standard and a robust small AlexNet registered as arinv-alexnet_small@standard / @robust

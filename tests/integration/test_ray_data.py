@@ -18,13 +18,6 @@ ray.cloudpickle.register_pickle_by_value(__import__(__name__))
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def shard_set(tmp_path_factory):
     dest = tmp_path_factory.mktemp("shards") / "sample"
     manifest = write_shards("sample", dest, samples_per_shard=50, progress=False, workers=1,
