@@ -563,6 +563,55 @@ class AnomalyConfig:
         return errs
 
 
+@dataclass
+class ScaleConfig:
+    """Robustness to scale changes (Sec. A2.2, Table A2, Fig. A3): held-out images resized to
+    the encoder's resolution, upscaled by each factor L (bicubic), encoded at full size and
+    reconstructed by a standard and a robust autoencoder from the registry."""
+
+    name: str = "scale"
+    # the autoencoders of the two columns: registry URIs of registered autoencoders (an
+    # encoder and the generator inverting it); null leaves the column out
+    standard: Optional[str] = "models:/arinv-alexnet-conv5-autoencoder@standard"
+    robust: Optional[str] = "models:/arinv-alexnet-conv5-autoencoder@robust"
+    # the evaluation images: a shard set (its val/ split, or a split folder), or a folder of
+    # image files; null = the bundled sample photographs' held-out crops
+    data: Optional[str] = None
+    images: int = 16                    # the first N images of data
+    factors: list[int] = field(default_factory=lambda: list(range(1, 11)))  # L (paper: 1..10)
+    # target pixels per forward pass: L = 10 of a 224 px encoder (2240 px) runs one image at a
+    # time, so memory does not grow with L or the number of images
+    max_pixels: int = 2240 * 2240
+    examples: int = 2                   # images shown in the Fig. A3 figure
+    tile: int = 128                     # px of each tile of the figure
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # when a column's model is not in the registry: train both with the quickstart's presets
+    # in the workdir first (the toy preset), instead of stopping with an error
+    train_missing: bool = False
+
+    def check(self) -> list[str]:
+        errs = []
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            errs.append(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
+        if self.standard is None and self.robust is None:
+            errs.append("standard, robust: give at least one autoencoder")
+        for k in ("standard", "robust"):
+            v = getattr(self, k)
+            if v is not None and not v.startswith(("models:/", "runs:/")):
+                errs.append(f"{k}: a registry URI (models:/NAME@ALIAS), got {v!r}")
+        if not self.factors or any(f < 1 for f in self.factors) or \
+                len(set(self.factors)) != len(self.factors):
+            errs.append(f"factors: distinct integers >= 1, got {self.factors}")
+        for k in ("images", "max_pixels", "examples"):
+            if getattr(self, k) < 1:
+                errs.append(f"{k}: must be >= 1, got {getattr(self, k)}")
+        if self.tile < 16:
+            errs.append(f"tile: must be >= 16 px, got {self.tile}")
+        if self.examples > self.images:
+            errs.append(f"examples: at most images ({self.images}), got {self.examples}")
+        return errs
+
+
 def _table_a3():
     from arinv.experiments import table_a3
 
@@ -836,9 +885,11 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
 
 
 def config_class(preset_or_path: str):
-    """EncoderTrainConfig, GeneratorTrainConfig, SweepConfig or AnomalyConfig, from the
-    preset's fields."""
+    """EncoderTrainConfig, GeneratorTrainConfig, SweepConfig, AnomalyConfig or ScaleConfig,
+    from the preset's fields."""
     data = _read_yaml(resolve_preset(preset_or_path))
+    if "factors" in data:
+        return ScaleConfig  # Table A2: names two autoencoders and the scale factors
     if {"standard", "robust", "scoring"} & set(data):
         return AnomalyConfig  # Table A1: names its encoders and a generator preset
     if isinstance(data.get("encoder"), str) or isinstance(data.get("generator"), str):

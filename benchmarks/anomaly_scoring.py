@@ -33,7 +33,6 @@ batch 64, 64 images, 100 iterations, fp32, the paper's robust-encoder weights.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -46,7 +45,7 @@ import torch  # noqa: E402
 from arinv.downstream.anomaly import PAPER_ALPHAS, eq8_scores  # noqa: E402
 from arinv.models import create_encoder, create_generator  # noqa: E402
 from arinv.train.runtime import resolve_device  # noqa: E402
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import emit, machine_info  # noqa: E402
 
 ALPHAS = PAPER_ALPHAS["robust"]
 
@@ -152,9 +151,7 @@ def main(argv=None) -> int:
     result = {"machine": info, "args": vars(args), "resolution": r, "precision": precision,
               "images_per_s": rates, "median_images_per_s": med,
               "speedup": speedup, "max_rel_score_diff": rel}
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 
@@ -224,9 +221,7 @@ def ray_mode(args, enc, g, r, device) -> int:
     result = {"machine": info, "args": vars(args), "resolution": r, "images": n,
               "images_per_s": rates, "median_images_per_s": med, "ratio": ratio,
               "max_rel_score_diff": rel, "actors": res["actors"]}
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

@@ -49,3 +49,13 @@ def machine_info(device: torch.device) -> dict:
         info["loadavg_start"] = list(os.getloadavg())
     info["cpu_busy_before_start"] = cpu_busy()
     return info
+
+
+def emit(result: dict, json_path: str | None) -> None:
+    """Print ``result`` (all but its ``machine``) as one JSON line, and write all of it to
+    ``json_path`` when given: the machine-readable tail every benchmark prints."""
+    import json
+
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from arinv.checkpoint import CheckpointError
 from arinv.config import (
     AnomalyConfig,
     ConfigError,
@@ -42,8 +41,9 @@ from arinv.config import (
     to_dict,
 )
 from arinv.data import storage
+from arinv.data.reader import image_folder_shards
 from arinv.experiments import table_a1
-from pipelines.errors import RegistryError
+from pipelines.autoencoders import autoencoder_files, load_pair, local_file
 from pipelines.trainer import Launch
 
 PARENT = "mlflow.parentRunId"
@@ -52,66 +52,6 @@ SUMMARY = "summary.json"
 ROW_KEYS = {"column", "positive", "class_name", "auroc", "n_positive", "n_negative", "trial",
             "trial_run", "generator_run", "registered", "scores", "scoring_images_per_s",
             "skipped", "mean_score_positive", "mean_score_negative"}
-
-
-# ----------------------------------------------------------------------------- the models
-
-
-def local_file(ref: str, part: str, tracking_uri: str | None, cache: str | None) -> Path:
-    """A local path for a model part: a registry URI's ``part`` ("encoder" / "generator"),
-    an ``s3://`` stored checkpoint (copied once), or a file."""
-    if ref.startswith(("models:/", "runs:/")):
-        from pipelines.registry import fetch_checkpoint
-
-        return fetch_checkpoint(ref, tracking_uri, part=part, cache_dir=cache)
-    if storage.is_s3(ref):
-        from pipelines.trainer import stored_file
-
-        return stored_file(ref, cache)
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{ref}: no such {part} checkpoint file")
-    return path
-
-
-def autoencoder_files(model_uri: str, tracking_uri: str | None, cache: str | None):
-    """(encoder, generator) checkpoint files of a registered autoencoder; a model of another
-    kind (an encoder alone) is refused naming the URI and what was expected."""
-    try:
-        return (local_file(model_uri, "encoder", tracking_uri, cache),
-                local_file(model_uri, "generator", tracking_uri, cache))
-    except RegistryError as e:
-        raise RegistryError(f"{e}; anomaly scoring needs an autoencoder (an encoder and the "
-                            "generator inverting it), e.g. one 'arinv anomaly train' "
-                            "registered") from None
-
-
-def load_pair(encoder_file, generator_file, layer: str | None = None, device="cpu"):
-    """(encoder, generator, tap, resolution, generator config) of a trained pair, checked:
-    the generator must invert this encoder's architecture at ``layer`` (default: the tap it
-    was trained on), and its output must be an image of the encoder's input size."""
-    import torch
-
-    from arinv.models.load import load_encoder, load_generator
-    from arinv.train.gan import freeze
-
-    encoder, _ = load_encoder(encoder_file, device)
-    generator, gcfg = load_generator(generator_file, device)
-    if gcfg.encoder.name != encoder.arch["name"]:
-        raise CheckpointError(f"{generator_file}: inverts a {gcfg.encoder.name} encoder, but "
-                              f"{encoder_file} holds a {encoder.arch['name']}")
-    trained = gcfg.encoder.layer
-    if layer is not None and layer != trained:
-        raise ConfigError(f"layer: the generator in {generator_file} inverts tap {trained!r} of "
-                          f"{encoder.arch['name']}, not {layer!r}; score at {trained!r} (or "
-                          f"train a generator for {layer!r})")
-    r = gcfg.resolution or encoder.input_size
-    with torch.no_grad():
-        out = generator(encoder.eval().features(torch.zeros(1, 3, r, r, device=device), trained))
-    if tuple(out.shape[1:]) != (3, r, r):
-        raise CheckpointError(f"{generator_file}: turns {trained} features of a {r} px image "
-                              f"into {tuple(out.shape[1:])}, not a 3 x {r} x {r} image")
-    return freeze(encoder), freeze(generator.eval()), trained, r, gcfg
 
 
 class Eq8Scorer:
@@ -208,39 +148,6 @@ def read_scores(uri: str) -> dict[str, np.ndarray]:
     table = pq.read_table(path, filesystem=fs)
     order = np.argsort(table.column("index").to_numpy())
     return {name: table.column(name).to_numpy()[order] for name in table.column_names}
-
-
-def image_folder_shards(folder: str, workdir: Path, *, progress: bool = True):
-    """An image folder as a shard set under ``workdir`` (written once per folder), and the
-    image path of each sample index. ``FOLDER/<class>/<images>`` gives labels; a flat folder
-    of images is one class. An image that cannot be decoded is refused, naming it."""
-    import hashlib
-
-    from arinv.data.shards import MANIFEST, read_manifest, write_shards
-    from arinv.data.sources import SourceError, open_source
-
-    src = Path(folder).expanduser().resolve()
-    if not src.is_dir():
-        raise SourceError(f"{folder}: not a folder of images or a shard set (no manifest.json)")
-    root = src
-    if not any(e.is_dir() and not e.name.startswith(".") for e in src.iterdir()):
-        # a flat folder: one class, named after the folder
-        root = workdir / "folders" / hashlib.sha1(str(src).encode()).hexdigest()[:12]
-        root.mkdir(parents=True, exist_ok=True)
-        link = root / src.name
-        if not link.exists():
-            link.symlink_to(src, target_is_directory=True)
-    dest = workdir / "shards" / hashlib.sha1(str(src).encode()).hexdigest()[:12]
-    if not (dest / MANIFEST).is_file():
-        write_shards(root, dest, source_format="imagefolder", shuffle_seed=None, overwrite=True,
-                     progress=progress, executor="process")
-    manifest = read_manifest(dest)
-    if manifest["skipped"]:
-        bad = manifest["skipped"][0]
-        raise SourceError(f"{bad.get('input')}: {bad.get('reason')} ({len(manifest['skipped'])} "
-                          f"unreadable image(s) in {folder}); remove or replace them and rerun")
-    paths = [str(ref[0]) for ref in open_source(root, "imagefolder").refs]
-    return str(dest), paths
 
 
 def score_command(model_uri: str, data: str, out: str, *, scoring: ScoringConfig,

@@ -9,3 +9,8 @@ class RegistryError(ValueError):
 
 class TrackingUnreachable(ConnectionError):
     """The MLflow tracking server did not answer; the message names its URI."""
+
+
+class ModelNotFound(RegistryError):
+    """The registry answered but holds no such model, alias or version (as opposed to a model
+    of the wrong kind): a command that can train what it needs may do so."""

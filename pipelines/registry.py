@@ -18,7 +18,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.errors import RegistryError
+from pipelines.errors import ModelNotFound, RegistryError
 from pipelines.tracking import (
     _REJECTED,
     KIND_TAG,
@@ -337,12 +337,12 @@ def _model_version(client, name, alias, version, model_uri, tracking_uri):
                                                  order_by=["version_number DESC"])
             if found:
                 return found[0]
-            raise RegistryError(f"{model_uri}: model {name!r} has no versions at {tracking_uri}")
+            raise ModelNotFound(f"{model_uri}: model {name!r} has no versions at {tracking_uri}")
         return client.get_model_version(name, version)
     except MlflowException as e:
         if e.error_code not in _REJECTED:
             raise
-        raise RegistryError(_not_found(client, name, alias, version, model_uri, tracking_uri)) from e
+        raise ModelNotFound(_not_found(client, name, alias, version, model_uri, tracking_uri)) from e
 
 
 def _not_found(client, name, alias, version, model_uri, tracking_uri) -> str:

@@ -222,3 +222,33 @@ def write_sample_shards(dest: str | os.PathLike, train_per_class: int, val_per_c
                          max_resolution=500, jpeg_quality=95, compress_probability=1.0,
                          overwrite=True, progress=progress, executor="process")
     return dest
+
+
+def image_folder_shards(folder: str, workdir: str | os.PathLike, *, progress: bool = True):
+    """An image folder as a shard set under ``workdir`` (written once per folder), and the
+    image path of each sample index. ``FOLDER/<class>/<images>`` gives labels; a flat folder
+    of images is one class. An image that cannot be decoded is refused, naming it."""
+    from .sources import SourceError, open_source
+
+    src = Path(folder).expanduser().resolve()
+    if not src.is_dir():
+        raise SourceError(f"{folder}: not a folder of images or a shard set (no manifest.json)")
+    root, workdir = src, Path(workdir)
+    if not any(e.is_dir() and not e.name.startswith(".") for e in src.iterdir()):
+        # a flat folder: one class, named after the folder
+        root = workdir / "folders" / hashlib.sha1(str(src).encode()).hexdigest()[:12]
+        root.mkdir(parents=True, exist_ok=True)
+        link = root / src.name
+        if not link.exists():
+            link.symlink_to(src, target_is_directory=True)
+    dest = workdir / "shards" / hashlib.sha1(str(src).encode()).hexdigest()[:12]
+    if not (dest / MANIFEST).is_file():
+        write_shards(root, dest, source_format="imagefolder", shuffle_seed=None, overwrite=True,
+                     progress=progress, executor="process")
+    manifest = read_manifest(dest)
+    if manifest["skipped"]:
+        bad = manifest["skipped"][0]
+        raise SourceError(f"{bad.get('input')}: {bad.get('reason')} ({len(manifest['skipped'])} "
+                          f"unreadable image(s) in {folder}); remove or replace them and rerun")
+    paths = [str(ref[0]) for ref in open_source(root, "imagefolder").refs]
+    return str(dest), paths

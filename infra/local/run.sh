@@ -93,6 +93,9 @@ cd "$ROOT"
 case "$cmd" in
   setup) log "ready: activate with 'source $VENV/bin/activate'" ;;
   quickstart) exec arinv quickstart "$@" ;;
-  test) exec python -m pytest "$@" ;;
+  # two test processes, one test file each at a time (a file's module fixtures, e.g. its Ray
+  # cluster, stay in one process): the integration tests wait on Ray and servers much of the
+  # time, so two overlap well on 2 cores. ARINV_TEST_WORKERS=0 runs everything in one process.
+  test) exec python -m pytest -n "${ARINV_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) log "unknown command '$cmd' (use: setup | quickstart | test)"; exit 2 ;;
 esac

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
+from aws_settings import _AWS_VARS_TO_CLEAR, point_aws_at
 
 
 @dataclass
@@ -76,27 +77,10 @@ def s3_server():
         server.stop()
 
 
-# Settings that could redirect or re-credential the client away from the test server.
-_AWS_VARS_TO_CLEAR = (
-    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
-    "AWS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-)
-
-
 @pytest.fixture
 def s3_env(s3_server, monkeypatch, tmp_path_factory):
     """Point the standard AWS settings at the test server for this test only."""
-    for name in _AWS_VARS_TO_CLEAR:
-        monkeypatch.delenv(name, raising=False)
-    nowhere = tmp_path_factory.mktemp("aws-home")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))            # absent files:
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))  # no ~/.aws
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for name, value in s3_server.env.items():
-        monkeypatch.setenv(name, value)
+    point_aws_at(s3_server, monkeypatch, tmp_path_factory)
     return s3_server
 
 

@@ -100,7 +100,7 @@ def test_score_separates_the_positive_class_through_ray_data(world, trained, tmp
 
     # the Ray Data path computes exactly the bare function's scores (latents seeded by index)
     from arinv.downstream.anomaly import eq8_scores
-    from pipelines.anomaly import autoencoder_files, load_pair
+    from pipelines.autoencoders import autoencoder_files, load_pair
 
     enc_file, gen_file = autoencoder_files(trained, world["uri"], None)
     enc, gen, layer, r, gcfg = load_pair(enc_file, gen_file)

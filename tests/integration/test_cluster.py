@@ -1,6 +1,7 @@
-"""A 2-node Ray cluster (``ray.cluster_utils.Cluster``) with what a real cluster has: shards and
-Ray Train storage on S3 (the loopback S3-protocol server), and a real ``mlflow server`` process
-whose artifacts live on that S3 server. Then the quickstart, the main job, at toy size."""
+"""The quickstart, the main job, at toy size on a local cluster of its own; then one 2-node Ray
+cluster (``ray.cluster_utils.Cluster``) shared by the module's cluster tests, with what a real
+cluster has: shards and Ray Train storage on S3 (the loopback S3-protocol server), and a real
+``mlflow server`` process whose artifacts live on that S3 server."""
 
 from __future__ import annotations
 
@@ -11,57 +12,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
-
-
-def test_two_node_cluster_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow_server,
-                                                       tmp_path, monkeypatch):
-    from ray.cluster_utils import Cluster
-
-    from arinv.config import EncoderTrainConfig, load_config
-    from arinv.data import storage
-    from pipelines.train_encoder import train_encoder
-    from arinv.data.reader import write_sample_shards
-    from pipelines.trainer import Launch
-
-    local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
-    shards = s3_prefix + "shards"
-    for split in ("train", "val"):
-        storage.upload_dir(local / split, f"{shards}/{split}")
-    monkeypatch.setenv("ARINV_CACHE_DIR", str(tmp_path / "shard-cache"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)  # the nodes inherit this test's S3 settings
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        cfg = load_config(EncoderTrainConfig, "tiny-sample-robust", [
-            f"data.shards={shards}", "data.train_per_class=8", "data.val_per_class=4",
-            "optim.batch_size=8", "optim.epochs=2", "attack.steps=2", "eval.every=1",
-            "eval.pgd_steps=2", "eval.images=16", "eval.epoch_images=8",
-            "eval.pgd_eps=[0.5]", "scaling.num_workers=2", "scaling.cpus_per_worker=1"])
-        run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "ray",
-                     tracking_uri=mlflow_server.uri, experiment="cluster", alias="cluster",
-                     progress=False, model_cache=str(tmp_path / "models"))
-        r = train_encoder(cfg, run)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    # checkpoints went to S3, not to a node's disk
-    keys = storage.list_prefix(s3_prefix + "ray/")
-    assert any(k.endswith("/state.pt") for k in keys), keys[:5]
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    run_data = client.get_run(r["run_id"]).data
-    assert run_data.params["data.shards"] == shards
-    assert {m.step for m in client.get_metric_history(r["run_id"], "adv_loss")} == {1, 2}
-    assert {m.value for m in client.get_metric_history(r["run_id"], "images")} == {64.0}
-    # artifacts went through the server to S3
-    art = storage.list_prefix(f"s3://{mlflow_server.bucket}/{mlflow_server.artifacts_prefix}/")
-    assert any(k.endswith("report.json") for k in art)
-    mv = client.get_model_version_by_alias("arinv-alexnet_small", "cluster")
-    assert mv.status == "READY" and r["version"] == int(mv.version)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    model = mlflow.pyfunc.load_model("models:/arinv-alexnet_small@cluster")
-    logits = model.predict(np.zeros((2, 3, 128, 128), np.float32))["logits"]
-    assert np.asarray(logits).shape == (2, 8)
 
 
 def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
@@ -108,13 +58,74 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
     assert {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
             for m in client.search_registered_models()} == versions
 
-
-def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix, mlflow_server,
-                                                             tmp_path, monkeypatch):
-    """A Table A3 sweep as a cluster runs it: Tune experiment and Ray Train checkpoints on S3
-    (the generator reads its encoder from there), runs and registry on the MLflow server."""
+@pytest.fixture(scope="module")
+def two_nodes(s3_server, tmp_path_factory):
+    """A head and a worker node of 2 CPUs each, started with the S3 server's settings and a
+    shard and model cache of their own (nodes inherit the environment they start in), and
+    this process connected to it until the module ends."""
     from ray.cluster_utils import Cluster
 
+    from aws_settings import point_aws_at
+
+    with pytest.MonkeyPatch.context() as mp:
+        point_aws_at(s3_server, mp, tmp_path_factory)
+        mp.setenv("ARINV_CACHE_DIR", str(tmp_path_factory.mktemp("shard-cache")))
+        mp.setenv("ARINV_MODEL_CACHE", str(tmp_path_factory.mktemp("models")))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+        try:
+            cluster.add_node(num_cpus=2)
+            ray.init(address=cluster.address, log_to_driver=False)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+def test_two_node_cluster_s3_storage_and_mlflow_server(two_nodes, s3_env, s3_prefix,
+                                                       mlflow_server, tmp_path, monkeypatch):
+    from arinv.config import EncoderTrainConfig, load_config
+    from arinv.data import storage
+    from pipelines.train_encoder import train_encoder
+    from arinv.data.reader import write_sample_shards
+    from pipelines.trainer import Launch
+
+    local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
+    shards = s3_prefix + "shards"
+    for split in ("train", "val"):
+        storage.upload_dir(local / split, f"{shards}/{split}")
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    cfg = load_config(EncoderTrainConfig, "tiny-sample-robust", [
+        f"data.shards={shards}", "data.train_per_class=8", "data.val_per_class=4",
+        "optim.batch_size=8", "optim.epochs=2", "attack.steps=2", "eval.every=1",
+        "eval.pgd_steps=2", "eval.images=16", "eval.epoch_images=8",
+        "eval.pgd_eps=[0.5]", "scaling.num_workers=2", "scaling.cpus_per_worker=1"])
+    run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "ray",
+                 tracking_uri=mlflow_server.uri, experiment="cluster", alias="cluster",
+                 progress=False, model_cache=str(tmp_path / "models"))
+    r = train_encoder(cfg, run)
+    # checkpoints went to S3, not to a node's disk
+    keys = storage.list_prefix(s3_prefix + "ray/")
+    assert any(k.endswith("/state.pt") for k in keys), keys[:5]
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    run_data = client.get_run(r["run_id"]).data
+    assert run_data.params["data.shards"] == shards
+    assert {m.step for m in client.get_metric_history(r["run_id"], "adv_loss")} == {1, 2}
+    assert {m.value for m in client.get_metric_history(r["run_id"], "images")} == {64.0}
+    # artifacts went through the server to S3
+    art = storage.list_prefix(f"s3://{mlflow_server.bucket}/{mlflow_server.artifacts_prefix}/")
+    assert any(k.endswith("report.json") for k in art)
+    mv = client.get_model_version_by_alias("arinv-alexnet_small", "cluster")
+    assert mv.status == "READY" and r["version"] == int(mv.version)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    model = mlflow.pyfunc.load_model("models:/arinv-alexnet_small@cluster")
+    logits = model.predict(np.zeros((2, 3, 128, 128), np.float32))["logits"]
+    assert np.asarray(logits).shape == (2, 8)
+
+
+def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(two_nodes, s3_env, s3_prefix,
+                                                             mlflow_server, tmp_path):
+    """A Table A3 sweep as a cluster runs it: Tune experiment and Ray Train checkpoints on S3
+    (the generator reads its encoder from there), runs and registry on the MLflow server."""
     from arinv.config import SweepConfig, load_config
     from arinv.data import storage
     from pipelines.sweep import run_sweep
@@ -125,8 +136,6 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix,
     shards = s3_prefix + "shards"
     for split in ("train", "val"):
         storage.upload_dir(local / split, f"{shards}/{split}")
-    monkeypatch.setenv("ARINV_CACHE_DIR", str(tmp_path / "shard-cache"))
-    monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "models"))
     sw = load_config(SweepConfig, "tiny-sample-sweep", [
         "name=s3sweep", "eps=[1.0]", f"shards={shards}",
         "encoder_set=[data.train_per_class=8, optim.batch_size=8, optim.epochs=1, attack.steps=2,"
@@ -135,14 +144,7 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(s3_env, s3_prefix,
         "scaling.cpus_per_worker=1]"])
     run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "runs",
                  tracking_uri=mlflow_server.uri, experiment="sweeps", progress=False)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        r = run_sweep(sw, run)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    r = run_sweep(sw, run)
     (row,) = r["rows"]
     assert row["status"] == "complete" and np.isfinite(row["psnr"])
     assert row["encoder_checkpoint"].startswith(s3_prefix + "runs/s3sweep-eps1-encoder/")

@@ -1,0 +1,121 @@
+"""'arinv eval-scale' end to end on a local sqlite MLflow store with tiny registered autoencoders
+(untrained small AlexNet pairs: the command's plumbing, not the paper's numbers): the table, the
+figure, MLflow parent and child runs with metrics at step L; models of the wrong kind, missing
+models and mismatched resolutions refused before any work, naming the URI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from arinv.checkpoint import save_checkpoint
+from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, to_dict
+from arinv.models import create_encoder, create_generator
+from pipelines.cli import main
+
+
+def _pair(d, seed: int, resolution: int | None = None):
+    torch.manual_seed(seed)
+    enc, gen = create_encoder("alexnet_small", num_classes=8), create_generator("alexnet_small_conv5")
+    ecfg = EncoderTrainConfig(name=f"enc{seed}")
+    ecfg.encoder.name = "alexnet_small"
+    ecfg.encoder.num_classes = 8
+    efile = save_checkpoint(d / f"enc{seed}.pt", kind="encoder", arch=enc.arch,
+                            modules={"model": enc}, progress={"epoch": 0, "history": []},
+                            config=to_dict(ecfg))
+    gcfg = GeneratorTrainConfig(name=f"gen{seed}", resolution=resolution)
+    gcfg.encoder.name, gcfg.encoder.layer = "alexnet_small", "conv5"
+    gcfg.generator.name = "alexnet_small_conv5"
+    gfile = save_checkpoint(d / f"gen{seed}.pt", kind="generator",
+                            arch={"generator": gen.arch, "discriminator": None,
+                                  "encoder": enc.arch},
+                            modules={"generator": gen}, progress={"epoch": 0, "history": []},
+                            config=to_dict(gcfg))
+    return efile, gfile
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from pipelines.registry import register_autoencoder, register_encoder
+
+    d = tmp_path_factory.mktemp("scale")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("models", artifact_location=str(d / "artifacts"))
+    run = client.create_run(exp).info.run_id
+    for seed, alias in ((1, "standard"), (2, "robust")):
+        e, g = _pair(d, seed)
+        register_autoencoder(uri, run, encoder_checkpoint=e, generator_checkpoint=g,
+                             name="toy-autoencoder", alias=alias)
+    register_encoder(uri, run, _pair(d, 3)[0], name="toy-encoder", alias="robust")
+    e, g = _pair(d, 4, resolution=160)
+    register_autoencoder(uri, run, encoder_checkpoint=e, generator_checkpoint=g,
+                         name="toy-autoencoder-160", alias="robust")
+    client.set_terminated(run)
+    return {"dir": d, "uri": uri}
+
+
+def _argv(store, tmp_path, *sets):
+    base = ["standard=models:/toy-autoencoder@standard", "robust=models:/toy-autoencoder@robust",
+            "factors=[1, 2, 3]", "images=4", "examples=1", "tile=32", "train_missing=false"]
+    out = ["eval-scale", "--config", "tiny-sample-scale", "--workdir", str(tmp_path / "w"),
+           "--tracking-uri", store["uri"], "--no-progress"]
+    for s in [*base, *sets]:
+        out += ["--set", s]
+    return out
+
+
+def test_eval_scale_writes_table_figure_and_mlflow_runs(store, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
+    assert main(_argv(store, tmp_path)) == 0
+    out = capsys.readouterr().out
+    w = tmp_path / "w"
+    assert "| 3 (384 × 384) |" in out and str(w / "fig_a3.png") in out
+    rows = list(csv.DictReader((w / "table_a2.csv").open()))
+    assert [r["L"] for r in rows] == ["1", "2", "3"] and [r["size"] for r in rows] == \
+        ["128", "256", "384"]
+    for r in rows:
+        for c in ("standard", "robust"):
+            assert 0 < float(r[f"{c}_psnr"]) < 60 and -1 <= float(r[f"{c}_ssim"]) <= 1
+            assert r[f"{c}_lpips"] == ""  # no LPIPS weights here: n/a, never a number
+    from PIL import Image
+
+    fig = Image.open(w / "fig_a3.png")  # 1 example x (input, standard, robust) rows, 3 tiles
+    assert fig.size == (3 * 34 + 2, 3 * 34 + 2)
+
+    client = MlflowClient(store["uri"])
+    exp = client.get_experiment_by_name("arinv").experiment_id
+    (parent,) = client.search_runs([exp], "tags.`arinv.kind` = 'scale'")
+    assert parent.info.status == "FINISHED" and parent.data.params["factors"] == "[1, 2, 3]"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "table_a2.md", "table_a2.csv", "fig_a3.png", "results.json"}
+    kids = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(k.info.run_name for k in kids) == ["tiny-sample-scale-robust",
+                                                     "tiny-sample-scale-standard"]
+    for k in kids:
+        hist = client.get_metric_history(k.info.run_id, "psnr")
+        assert [m.step for m in hist] == [1, 2, 3] and all(math.isfinite(m.value) for m in hist)
+        col = k.info.run_name.rsplit("-", 1)[1]
+        assert k.data.tags["arinv.model"] == f"models:/toy-autoencoder@{col}"
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["robust=models:/toy-encoder@robust"], r"models:/toy-encoder@robust.*autoencoder"),
+    (["robust=models:/toy-autoencoder@nope"], r"models:/toy-autoencoder@nope.*has no alias"),
+    (["robust=models:/toy-autoencoder-160@robust"], r"different resolutions.*128.*160"),
+    (["factors=[0, 2]"], r"factors: distinct integers >= 1"),
+    (["robust=/some/file.pt"], r"robust: a registry URI"),
+])
+def test_bad_models_and_config_are_refused_before_any_work(store, tmp_path, capsys, monkeypatch,
+                                                           sets, expected):
+    import re
+
+    monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
+    assert main(_argv(store, tmp_path, *sets)) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err, re.S), err
+    assert not (tmp_path / "w" / "shards").exists()  # no image was read
