@@ -33,12 +33,12 @@ def autoencoder_files(model_uri: str, tracking_uri: str | None, cache: str | Non
                       purpose: str = "anomaly scoring"):
     """(encoder, generator) checkpoint files of a registered autoencoder; a model of another
     kind (an encoder alone) is refused naming the URI and what was expected (``purpose``
-    names the command that needs it)."""
+    names the command that needs it); a missing one raises ``ModelNotFound``."""
     try:
         return (local_file(model_uri, "encoder", tracking_uri, cache),
                 local_file(model_uri, "generator", tracking_uri, cache))
     except RegistryError as e:
-        raise RegistryError(f"{e}; {purpose} needs an autoencoder (an encoder and "
+        raise type(e)(f"{e}; {purpose} needs an autoencoder (an encoder and "
                             "the generator inverting it), e.g. one 'arinv train-generator' or "
                             "'arinv anomaly train' registered") from None
 

@@ -155,7 +155,8 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
     try:
         result = scale_table({c: (v[0], v[1], v[2]) for c, v in columns.items()}, images,
                              resolution, factors=sorted(cfg.factors), max_pixels=cfg.max_pixels,
-                             with_lpips=with_lpips, examples=cfg.examples, on_factor=on_factor)
+                             with_lpips=with_lpips, examples=cfg.examples, tile=cfg.tile,
+                             on_factor=on_factor)
     except BaseException as e:
         bar.close()
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -173,7 +174,7 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
                         f"{images.shape[0]} images of {split}, {resolution} px, upscaled by L "
                         f"(bicubic) and reconstructed from the full-size encoding.\n\n{md}")
     files[1].write_text(csv_text)
-    save_grid(files[2], figure(result["examples"], list(columns), tile=cfg.tile))
+    save_grid(files[2], figure(result["examples"], list(columns)))
     out = {"name": cfg.name, "run_id": parent, "tracking_uri": uri, "resolution": resolution,
            "images": images.shape[0], "data": split, "seconds": seconds,
            "models": {c: v[4] for c, v in columns.items()},

@@ -234,7 +234,7 @@ class RunLogger:
         self._dropped_unwarned = 0
         self._next_drop_warning = 0.0
         self._closed = self._stop = self._retry_now = False
-        self._spool = Path(tempfile.mkdtemp(prefix="arinv-mlflow-spool-"))
+        self._spool_dir: Path | None = None  # artifact copies: made at the first log_artifact
         self._seq = itertools.count()
         self._client = None
         self._params: dict | None = None     # the run's params as the server has them
@@ -279,7 +279,9 @@ class RunLogger:
         A path that cannot be copied is skipped with a warning."""
         self._check_open()
         src = Path(path)
-        dst = self._spool / str(next(self._seq)) / src.name
+        if self._spool_dir is None:
+            self._spool_dir = Path(tempfile.mkdtemp(prefix="arinv-mlflow-spool-"))
+        dst = self._spool_dir / str(next(self._seq)) / src.name
         try:
             dst.parent.mkdir(parents=True)
             shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
@@ -334,10 +336,11 @@ class RunLogger:
         if self.pending:
             _log.warning("RunLogger: %d item(s) for run %s not delivered to %s within %.0f s; "
                          "given up (artifact copies left in %s)", self.pending, self.run_id,
-                         self.tracking_uri, timeout, self._spool)
+                         self.tracking_uri, timeout, self._spool_dir)
         else:
             self._thread.join(timeout=5)
-            shutil.rmtree(self._spool, ignore_errors=True)
+            if self._spool_dir is not None:
+                shutil.rmtree(self._spool_dir, ignore_errors=True)
         return ok
 
     def _check_open(self) -> None:

@@ -245,6 +245,29 @@ def check_resume(storage_path: str, name: str, *, task) -> str | None:
     return folder if done else None
 
 
+def stored_after(storage_path: str | None, name: str | None, recorded: str | None) -> str | None:
+    """The newest checkpoint folder in the run's storage when it is newer than ``recorded``
+    (the folder Ray Train recorded, or None) and its ``state.pt`` reads back whole; else None.
+    Ray names checkpoint folders by time, so newer sorts later."""
+    if not storage_path or not name:
+        return None
+    found = latest_state(storage_path, name)
+    if found is None:
+        return None
+    where, data = found
+    folder = where.rsplit("/", 1)[0]
+    last = None if recorded is None else str(recorded).rstrip("/").rsplit("/", 1)[-1]
+    if last is not None and folder.rsplit("/", 1)[1] <= last:
+        return None
+    import io
+
+    try:
+        read_payload(where, io.BytesIO(data))
+    except CheckpointError:
+        return None  # cut short while it was written: Ray's recorded one is the newest whole one
+    return folder
+
+
 def copy_checkpoint(folder: str, dest: Path) -> None:
     """A checkpoint directory in run storage (local or S3) copied to local ``dest``."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -291,7 +314,8 @@ def launch(task, launch: Launch) -> dict:
         worker_loop,
         train_loop_config={"cfg": to_dict(cfg), "kind": task.kind, "tracking_uri": uri,
                            "run_id": run_id, "progress": launch.progress,
-                           "model_cache": launch.model_cache, "shards": root},
+                           "model_cache": launch.model_cache, "shards": root,
+                           "storage": launch.storage_path, "name": name},
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
             resources_per_worker={"CPU": sc.cpus_per_worker,
@@ -429,9 +453,20 @@ class RayBackend:
 
     @contextlib.contextmanager
     def latest(self):
+        """The newest checkpoint directory of this run: the one Ray Train recorded or, when the
+        run's storage already holds a newer complete one (the process died after persisting it
+        but before the controller recorded it), that one, so no finished epoch is trained and
+        logged twice."""
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
+        newer = stored_after(self.config.get("storage"), self.config.get("name"),
+                             None if ckpt is None else ckpt.path)
+        if newer is not None:
+            with tempfile.TemporaryDirectory(prefix="arinv-resume-") as d:
+                copy_checkpoint(newer, Path(d) / "c")
+                yield str(Path(d) / "c")
+            return
         if ckpt is None:
             yield None
             return

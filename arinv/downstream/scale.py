@@ -12,12 +12,13 @@ may return a few pixels more or fewer than it was given. Reconstruction and targ
 both cropped to their common centred region before comparing (``centre_crop``); with the
 paper's AlexNet pairs the sizes agree at every L in 1..10.
 
-Memory: a forward pass holds one batch of targets and the generator's widest activation for
-it, which grows with L^2. ``reconstruct`` therefore splits its input into batches of at most
-``max_pixels`` target pixels (at least one image per batch): at the default (2240^2, one
-2240 px image) L = 10 runs one image at a time and L = 1 at 224 px runs 100 at once, so peak
-memory is the same at every L and does not grow with the number of images. The measured peak
-at L = 10 is in docs/benchmarks.md.
+Memory: the targets, their reconstructions, the generator's widest activation and the SSIM
+maps all grow with L^2. ``scale_table`` therefore works through the images in chunks of at
+most ``max_pixels`` target pixels (at least one image per chunk): at the default (2240^2, one
+2240 px image) L = 10 runs one image at a time and L = 1 at 224 px 100 at once, so peak memory
+is about the same at every L and does not grow with the number of images; only per-image
+metrics and the figure's tiles (already shrunk to the tile size) are kept. The measured peak at
+L = 10 is in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -118,54 +119,70 @@ Pair = tuple[nn.Module, nn.Module, str]  # (encoder, generator, tap)
 
 def scale_table(pairs: Mapping[str, Pair], images: torch.Tensor, resolution: int, *,
                 factors: Iterable[int] = PAPER_FACTORS, max_pixels: int = DEFAULT_MAX_PIXELS,
-                with_lpips: bool = False, examples: int = 1,
+                with_lpips: bool = False, examples: int = 1, tile: int = 128,
                 on_factor: Callable[[int, dict], None] | None = None) -> dict:
     """Table A2 for each autoencoder in ``pairs`` (column name -> (encoder, generator, tap)).
 
-    For each L in ``factors``: the targets ``upscaled(images, L, resolution)``, each pair's
-    reconstructions, and their per-image metrics. Returns ``{"factors": [...], "metrics":
-    {column: {L: {metric: per-image tensor}}}, "examples": {L: {"target": t, column: recon}}}``
-    where the examples are the first ``examples`` images (for ``figure``). ``on_factor(L,
+    For each L in ``factors``, chunk by chunk of at most ``max_pixels`` target pixels (so no
+    more than one chunk of targets, reconstructions and metric maps is ever held): the targets
+    ``upscaled(chunk, L, resolution)``, each pair's reconstructions and their per-image
+    metrics. Returns ``{"factors": [...], "metrics": {column: {L: {metric: per-image
+    tensor}}}, "examples": {L: {"target": t, column: recon}}}``, the examples being the first
+    ``examples`` images already resized to ``tile`` px (see ``figure``). ``on_factor(L,
     means)`` is called after each L with ``{column: {metric: mean}}`` (progress, logging)."""
     factors = list(factors)
     if not factors or any(not isinstance(f, int) or f < 1 for f in factors):
         raise ValueError(f"factors must be integers >= 1, got {factors}")
     if not pairs:
         raise ValueError("pairs: give at least one autoencoder")
+    _check_images(images)
     metrics: dict[str, dict[int, dict[str, torch.Tensor]]] = {c: {} for c in pairs}
     shown: dict[int, dict[str, torch.Tensor]] = {}
     for L in factors:
-        target = upscaled(images, L, resolution)
-        shown[L] = {"target": target[:examples]}
-        for column, (encoder, generator, layer) in pairs.items():
-            recon = reconstruct(encoder, generator, target, layer, max_pixels=max_pixels)
-            metrics[column][L] = compare(recon, target, with_lpips=with_lpips)
-            shown[L][column] = recon[:examples]
-            del recon
-        del target
+        parts: dict[str, list[dict[str, torch.Tensor]]] = {c: [] for c in pairs}
+        shown[L] = {}
+        side = L * resolution
+        for s in batches_by_pixels(images.shape[0], side * side, max_pixels):
+            target = upscaled(images[s], L, resolution)
+            keep = max(0, min(examples - s.start, target.shape[0]))
+            if keep:
+                _add_tiles(shown[L], "target", target[:keep], target, tile)
+            for column, (encoder, generator, layer) in pairs.items():
+                recon = reconstruct(encoder, generator, target, layer, max_pixels=max_pixels)
+                parts[column].append(compare(recon, target, with_lpips=with_lpips))
+                if keep:
+                    _add_tiles(shown[L], column, recon[:keep], target, tile)
+                del recon
+            del target
+        for column in pairs:
+            metrics[column][L] = {k: torch.cat([p[k] for p in parts[column]])
+                                  for k in parts[column][0]}
         if on_factor is not None:
             on_factor(L, {c: {k: float(v.mean()) for k, v in metrics[c][L].items()}
                           for c in pairs})
     return {"factors": factors, "metrics": metrics, "examples": shown}
 
 
-def figure(examples: Mapping[int, Mapping[str, torch.Tensor]], columns: Sequence[str], *,
-           tile: int = 128) -> list[torch.Tensor]:
+def _add_tiles(shown: dict, key: str, images: torch.Tensor, target: torch.Tensor,
+               tile: int) -> None:
+    """Append ``images`` (cropped to the common region with their targets) resized to ``tile``
+    px to ``shown[key]``."""
+    x = common_region(images, target[:images.shape[0]])[0].float()
+    x = F.interpolate(x, size=(tile, tile), mode="bilinear", align_corners=False,
+                      antialias=True).clamp(0, 1).cpu()
+    shown[key] = torch.cat([shown[key], x]) if key in shown else x
+
+
+def figure(examples: Mapping[int, Mapping[str, torch.Tensor]],
+           columns: Sequence[str]) -> list[torch.Tensor]:
     """The Fig. A3 layout as a list of image rows for ``arinv.viz.save_grid``: for each example
     image, a row of upscaled inputs (one per L, left to right) and then one row per autoencoder
-    column. Every tile is resized (antialiased) to ``tile`` px, so an L = 10 tile shows the
-    whole 10x image at the same size as L = 1, as the paper's figure does."""
+    column. The tiles are ``scale_table``'s examples, each already resized to one size, so an
+    L = 10 tile shows the whole 10x image at the size of the L = 1 one."""
     factors = list(examples)
     n = examples[factors[0]]["target"].shape[0]
-    rows = []
-    for i in range(n):
-        for key in ("target", *columns):
-            tiles = [common_region(examples[L][key][i:i + 1], examples[L]["target"][i:i + 1])[0]
-                     for L in factors]
-            rows.append(torch.cat([F.interpolate(t.float(), size=(tile, tile), mode="bilinear",
-                                                 align_corners=False, antialias=True).clamp(0, 1)
-                                   for t in tiles]))
-    return rows
+    return [torch.cat([examples[L][key][i:i + 1] for L in factors])
+            for i in range(n) for key in ("target", *columns)]
 
 
 def _check_images(images) -> None:

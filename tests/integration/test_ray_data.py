@@ -193,7 +193,7 @@ if getattr(builtins, "_arinv_fragile_registered", False):
     raise RuntimeError("already registered: an earlier import was interrupted half-way")
 builtins._arinv_fragile_registered = True
 pathlib.Path(os.environ["FRAGILE_STARTED"]).write_text(str(os.getpid()))
-time.sleep(4)
+time.sleep(8)  # long enough for the cancel to land inside, even on a loaded machine
 ready = True
 '''
 
@@ -225,7 +225,7 @@ def test_a_task_cancelled_mid_import_leaves_its_worker_usable(ray_cluster, tmp_p
         time.sleep(0.05)
     assert started.exists(), "the first task never began its import"
     time.sleep(0.5)
-    ray.cancel(first)  # lands inside the 4 s import
+    ray.cancel(first)  # lands inside the 8 s import
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(first, timeout=60)
     pid = int(started.read_text())

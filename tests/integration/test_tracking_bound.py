@@ -103,7 +103,7 @@ def test_non_metric_items_wait_for_room_then_are_dropped(tmp_path, caplog):
     assert log.dropped_items == 2 and log.pending == 5
     assert "no room after 0.5 s; dropped params" in caplog.text
     assert "dropped artifact" in caplog.text
-    assert not any(log._spool.iterdir())              # the dropped artifact's copy is gone
+    assert not any(log._spool_dir.iterdir())          # the dropped artifact's copy is gone
     assert [t[0].key for t in _queued(log)["tags"]] == [f"tag{i}" for i in range(5)]
     assert log.close("FAILED", timeout=0.5) is False  # the final status goes past the bound
     assert "item(s) for run" in caplog.text

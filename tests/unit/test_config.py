@@ -3,16 +3,17 @@ import re
 import pytest
 
 from arinv.config import (
+    AnomalyConfig,
     AttackConfig,
     ConfigError,
     EncoderTrainConfig,
     GeneratorTrainConfig,
+    ScaleConfig,
     SweepConfig,
     build,
     config_class,
     flatten,
     list_presets,
-    AnomalyConfig,
     load_config,
     migrate,
     to_dict,
@@ -38,6 +39,10 @@ def test_every_preset_loads_and_validates(preset, tmp_path, monkeypatch):
         an = load_config(AnomalyConfig, preset, [f"shards={tmp_path}"])
         cfgs = [table_a1.generator_config(an, c, 0, None) for c in table_a1.columns(an)]
         assert cfgs and all(g.data.classes == [0] and g.loss.gan == 0 for g in cfgs)
+        return
+    if config_class(preset) is ScaleConfig:  # Table A2: names two autoencoders, no training
+        sc = load_config(ScaleConfig, preset, [f"data={tmp_path}"])
+        assert sc.standard and sc.robust and sc.factors
         return
     cfg = load_config(config_class(preset), preset, overrides)
     assert cfg.name

@@ -12,8 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arinv.downstream.scale import (batches_by_pixels, common_region, figure, reconstruct,
-                                    scale_table, upscaled)
+from arinv.downstream.scale import (
+    batches_by_pixels,
+    common_region,
+    figure,
+    reconstruct,
+    scale_table,
+    upscaled,
+)
 from arinv.experiments import table_a2
 
 R = 24  # the stand-ins' "encoder resolution"
@@ -148,7 +154,7 @@ def test_table_and_figure_layout():
     x = images(n=2)
     pairs = {"standard": (Tap(), Blur(), "pixels"), "robust": (Tap(), Identity(), "pixels")}
     seen = []
-    r = scale_table(pairs, x, R, factors=[1, 2], examples=1,
+    r = scale_table(pairs, x, R, factors=[1, 2], examples=1, tile=16,
                     on_factor=lambda L, m: seen.append((L, sorted(m))))
     assert seen == [(1, ["robust", "standard"]), (2, ["robust", "standard"])]
     rows = table_a2.means(r["metrics"])
@@ -156,7 +162,23 @@ def test_table_and_figure_layout():
     md, csv_text = table_a2.table(rows, R)
     assert f"| 2 ({2 * R} × {2 * R}) |" in md and "(16.2777)" in md and "n/a" in md
     assert csv_text.splitlines()[0].startswith("L,size,standard_psnr,standard_ssim")
-    grid = figure(r["examples"], ["standard", "robust"], tile=16)
+    grid = figure(r["examples"], ["standard", "robust"])
     assert len(grid) == 3 and all(t.shape == (2, 3, 16, 16) for t in grid)
+    assert torch.equal(grid[2], grid[0])  # the identity column reproduces the inputs
     assert np.isfinite(table_a2.paper_value(10, "robust", "psnr"))
     assert table_a2.paper_value(10, "robust", "psnr") == 23.9566
+
+
+def test_scale_table_works_chunk_by_chunk_with_the_same_result():
+    x = images(n=5)
+    enc = Tap()
+    small = scale_table({"c": (enc, Blur(), "pixels")}, x, R, factors=[2],
+                        max_pixels=2 * (2 * R) ** 2, examples=3, tile=16)
+    assert [c[0] for c in enc.calls] == [2, 2, 1]  # never more than 2 targets at once
+    big = scale_table({"c": (Tap(), Blur(), "pixels")}, x, R, factors=[2], max_pixels=10 ** 9,
+                      examples=3, tile=16)
+    for k in ("psnr", "ssim"):
+        torch.testing.assert_close(small["metrics"]["c"][2][k], big["metrics"]["c"][2][k])
+    for key in ("target", "c"):
+        assert small["examples"][2][key].shape == (3, 3, 16, 16)
+        torch.testing.assert_close(small["examples"][2][key], big["examples"][2][key])
