@@ -65,8 +65,8 @@ def _missing(cfg: ScaleConfig, tracking_uri: str, cache: str | None) -> list[str
             continue
         try:
             autoencoder_files(uri, tracking_uri, cache, purpose=PURPOSE)
-        except ModelNotFound:
-            missing.append(uri)
+        except ModelNotFound as e:
+            missing.append(str(e).split("; ")[0])  # "<URI>: no alias ... (aliases: ...)"
     return missing
 
 
@@ -109,15 +109,14 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
     missing = _missing(cfg, uri, run.model_cache)
     if missing:
         if not cfg.train_missing:
-            raise RegistryError(f"{', '.join(missing)}: not in the registry at {uri}. Train "
+            raise RegistryError(f"{'; '.join(missing)}. Train "
                                 "the pair first (e.g. 'arinv quickstart --workdir DIR' registers "
                                 "arinv-alexnet_small-conv5-autoencoder@standard and @robust in "
                                 "DIR/mlflow.db), or name registered autoencoders with --set "
                                 "standard=models:/NAME@ALIAS --set robust=...")
         from pipelines.quickstart import run_quickstart
 
-        print(f"== {', '.join(missing)} not in the registry: training them with the "
-              "quickstart's presets first")
+        print(f"== {'; '.join(missing)}: training the pair with the quickstart's presets first")
         run_quickstart(run.workdir, progress=run.progress, address=run.address,
                        tracking_uri=uri)
     columns = load_columns(cfg, uri, run.model_cache, device)

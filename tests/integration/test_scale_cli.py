@@ -105,7 +105,7 @@ def test_eval_scale_writes_table_figure_and_mlflow_runs(store, tmp_path, capsys,
 
 @pytest.mark.parametrize("sets, expected", [
     (["robust=models:/toy-encoder@robust"], r"models:/toy-encoder@robust.*autoencoder"),
-    (["robust=models:/toy-autoencoder@nope"], r"models:/toy-autoencoder@nope.*has no alias"),
+    (["robust=models:/toy-autoencoder@nope"], r"models:/toy-autoencoder@nope.*has no alias.*Train the pair first"),
     (["robust=models:/toy-autoencoder-160@robust"], r"different resolutions.*128.*160"),
     (["factors=[0, 2]"], r"factors: distinct integers >= 1"),
     (["robust=/some/file.pt"], r"robust: a registry URI"),

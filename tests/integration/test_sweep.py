@@ -175,18 +175,20 @@ def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path
     assert all(f"| {r['trial']} |" in md for r in rows)
 
 
-def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(eps_sweep, tmp_path,
-                                                                    monkeypatch):
+@pytest.mark.serial  # kills a process of its own Ray cluster: run alone (infra/local/run.sh)
+def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(tmp_path, monkeypatch):
     import threading
 
     import torch
 
+    from arinv.data.reader import write_sample_shards
     from pipelines.sweep import run_sweep
     from pipelines.trainer import Launch
 
     monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
-    shards = eps_sweep["workdir"] / "shards" / "sample-8-4"
-    sw = load_config(SweepConfig, str(eps_sweep["dir"] / "toy.yaml"), [
+    shards = write_sample_shards(tmp_path / "sample-8-4", 8, 4, progress=False)
+    (tmp_path / "toy.yaml").write_text(TOY)
+    sw = load_config(SweepConfig, str(tmp_path / "toy.yaml"), [
         "name=toyr", "eps=[1.0]", f"shards={shards}", "max_failures=1",
         "encoder_set=[data.train_per_class=8, optim.batch_size=8, eval.pgd_steps=2, "
         "eval.images=16, eval.epoch_images=8, eval.every=0, scaling.cpus_per_worker=1, "
