@@ -12,9 +12,9 @@ os.environ["TORCH_HOME"] = _TORCH_HOME  # inherited by subprocesses and Ray work
 atexit.register(shutil.rmtree, _TORCH_HOME, ignore_errors=True)
 
 
-# The slowest test files (minutes each: the durations every run prints), run first. With two
-# test processes (infra/local/run.sh test) they start at once and the short files fill in
-# around them, instead of one of them running alone at the end. Within a file the order holds.
+# The slowest test files (minutes each: the durations every run prints), run first, so that a
+# run split over test processes starts them at once instead of ending on one of them alone.
+# Within a file the order holds.
 SLOW_FIRST = ("test_sweep.py", "test_pipelines.py", "test_cluster.py", "test_anomaly.py")
 
 

@@ -93,21 +93,6 @@ cd "$ROOT"
 case "$cmd" in
   setup) log "ready: activate with 'source $VENV/bin/activate'" ;;
   quickstart) exec arinv quickstart "$@" ;;
-  # two test processes, one test file each at a time (a file's module fixtures, e.g. its Ray
-  # cluster, stay in one process): the integration tests wait on Ray and servers much of the
-  # time, so two overlap well on 2 cores; files go out in collection order (the slowest first,
-  # tests/conftest.py), not xdist's most-tests-first. ARINV_TEST_WORKERS=0: one process.
-  # Tests marked serial (they kill or time processes of their Ray cluster) run afterwards,
-  # alone; a pass that selects no test (exit 5) is fine.
-  test)
-    rc=0
-    python -m pytest -n "${ARINV_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
-      -m "not serial" "$@" || rc=$?
-    [ "$rc" -eq 5 ] && rc=0
-    rc2=0
-    python -m pytest -m serial -p no:xdist "$@" || rc2=$?
-    [ "$rc2" -eq 5 ] && rc2=0
-    [ "$rc" -ne 0 ] && exit "$rc"
-    exit "$rc2" ;;
+  test) exec python -m pytest "$@" ;;
   *) log "unknown command '$cmd' (use: setup | quickstart | test)"; exit 2 ;;
 esac

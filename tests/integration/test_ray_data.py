@@ -210,7 +210,7 @@ def _import_fragile(folder: str) -> int:
 
 
 @pytest.mark.serial  # timing-sensitive: with another Ray cluster busy on the machine the
-# cancel did not land inside the import (CI, two test processes); run alone (run.sh)
+# cancel did not land inside the import (CI, two test processes); never run in parallel
 def test_a_task_cancelled_mid_import_leaves_its_worker_usable(ray_cluster, tmp_path):
     """Ray Data cancels in-flight decode tasks when a consumer stops (a Train worker group
     restarting after a failure); the cancel must not land inside the decoder's first import,

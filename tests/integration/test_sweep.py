@@ -175,7 +175,7 @@ def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path
     assert all(f"| {r['trial']} |" in md for r in rows)
 
 
-@pytest.mark.serial  # kills a process of its own Ray cluster: run alone (infra/local/run.sh)
+@pytest.mark.serial  # kills a process of its own Ray cluster: not with another cluster busy
 def test_a_trial_whose_process_dies_is_retried_and_resumes_its_runs(tmp_path, monkeypatch):
     import threading
 
