@@ -46,7 +46,6 @@ from arinv.experiments import table_a1
 from pipelines.autoencoders import autoencoder_files, load_pair, local_file
 from pipelines.trainer import Launch
 
-PARENT = "mlflow.parentRunId"
 SCORES, DONE = "scores", "scores.json"  # a trial's Parquet folder and its completion record
 SUMMARY = "summary.json"
 ROW_KEYS = {"column", "positive", "class_name", "auroc", "n_positive", "n_negative", "trial",
@@ -255,7 +254,8 @@ def trial(config: dict) -> None:
     uri, exp = ctx["tracking_uri"], ctx["experiment"]
     run_id = tracking.find_or_create_run(
         uri, exp, f"{ctx['key']}/{name}", run_name=name,
-        tags={PARENT: ctx["parent"], "arinv.kind": "anomaly-trial", "arinv.anomaly": an.name})
+        tags={tracking.PARENT_TAG: ctx["parent"], "arinv.kind": "anomaly-trial",
+              "arinv.anomaly": an.name})
     workdir = Path(ctx["workdir"]) / "trials" / name
     encoder_ref = ctx["encoders"][column]
     gen_cfg = table_a1.generator_config(an, column, positive, encoder_ref)
@@ -265,7 +265,7 @@ def trial(config: dict) -> None:
     launch = Launch(workdir=workdir, run_name=gen_cfg.name, storage_path=ctx["storage"],
                     tracking_uri=uri, experiment=exp, register=True, alias=column,
                     model_cache=ctx["model_cache"], progress=False,
-                    extra_tags={PARENT: run_id, "arinv.anomaly": an.name},
+                    extra_tags={tracking.PARENT_TAG: run_id, "arinv.anomaly": an.name},
                     callbacks=[TuneReportCallback()])
     gen = train_positive(gen_cfg, launch, column=column,
                          model_name=model_name(an.name, positive))

@@ -533,13 +533,7 @@ def _held_out(data: str | None, data_cfg, workdir: str) -> str:
     """The held-out shard set to evaluate on: ``data`` (a shard set, a prefix holding val/,
     'sample' or an ImageFolder root), else the data the encoder was trained on; sources are
     written as shards under ``workdir`` first."""
-    from arinv.data import storage
-    from arinv.data.reader import join, run_shards
-    from arinv.data.shards import MANIFEST
-
-    def has_manifest(uri: str) -> bool:
-        uri = join(uri, MANIFEST)
-        return storage.exists(uri) if storage.is_s3(uri) else Path(uri).is_file()
+    from arinv.data.reader import has_manifest, join, run_shards
 
     if data and has_manifest(data):
         return data

@@ -30,23 +30,34 @@ from pipelines.autoencoders import autoencoder_files, load_pair
 from pipelines.errors import ModelNotFound, RegistryError
 from pipelines.trainer import Launch
 
-PARENT = "mlflow.parentRunId"
 PURPOSE = "arinv eval-scale"
 
 
-def load_columns(cfg: ScaleConfig, tracking_uri: str, cache: str | None, device) -> dict:
-    """column -> (encoder, generator, tap, resolution, URI), every model checked before any
-    work: a URI that is not a registered autoencoder, or two columns at different resolutions,
-    are refused naming the URI and what was expected."""
-    out = {}
+def fetch_columns(cfg: ScaleConfig, tracking_uri: str, cache: str | None
+                  ) -> tuple[dict, list[str]]:
+    """({column: (URI, encoder file, generator file)}, [why each missing one is missing]): a
+    URI that names a model of another kind is refused here, naming it and what was expected."""
+    found, missing = {}, []
     for column in table_a2.COLUMNS:
         uri = getattr(cfg, column)
         if uri is None:
             continue
-        enc_file, gen_file = autoencoder_files(uri, tracking_uri, cache, purpose=PURPOSE)
+        try:
+            found[column] = (uri, *autoencoder_files(uri, tracking_uri, cache, purpose=PURPOSE))
+        except ModelNotFound as e:
+            missing.append(str(e).split("; ")[0])  # "<URI>: no alias ... (aliases: ...)"
+    return found, missing
+
+
+def load_columns(files: dict, device) -> dict:
+    """column -> (encoder, generator, tap, resolution, URI) from ``fetch_columns``' files, each
+    pair checked (its generator inverts its encoder and returns an image of the encoder's
+    resolution) and both columns at one resolution, before any image is read."""
+    out = {}
+    for column, (uri, enc_file, gen_file) in files.items():
         try:
             encoder, generator, tap, r, _ = load_pair(enc_file, gen_file, device=device)
-        except (ConfigError, ValueError) as e:
+        except ValueError as e:  # ConfigError: a tap the generator does not invert
             raise RegistryError(f"{column}={uri}: {e}") from None
         out[column] = (encoder, generator, tap, r, uri)
     sizes = {c: v[3] for c, v in out.items()}
@@ -57,30 +68,12 @@ def load_columns(cfg: ScaleConfig, tracking_uri: str, cache: str | None, device)
     return out
 
 
-def _missing(cfg: ScaleConfig, tracking_uri: str, cache: str | None) -> list[str]:
-    missing = []
-    for column in table_a2.COLUMNS:
-        uri = getattr(cfg, column)
-        if uri is None:
-            continue
-        try:
-            autoencoder_files(uri, tracking_uri, cache, purpose=PURPOSE)
-        except ModelNotFound as e:
-            missing.append(str(e).split("; ")[0])  # "<URI>: no alias ... (aliases: ...)"
-    return missing
-
-
 def evaluation_images(cfg: ScaleConfig, workdir: Path, resolution: int, progress: bool):
     """The first ``cfg.images`` images of ``cfg.data`` as float [0, 1] (resized and
     centre-cropped to ``resolution``), and the shard set they came from."""
-    from arinv.data import storage
-    from arinv.data.reader import ShardBatches, image_folder_shards, join, write_sample_shards
-    from arinv.data.shards import MANIFEST
+    from arinv.data.reader import (ShardBatches, has_manifest, image_folder_shards, join,
+                                   write_sample_shards)
     from arinv.train.run import collect
-
-    def has_manifest(uri: str) -> bool:
-        uri = join(uri, MANIFEST)
-        return storage.exists(uri) if storage.is_s3(uri) else Path(uri).is_file()
 
     if cfg.data is None:
         per_class = -(-cfg.images // 8)  # the sample set has 8 classes
@@ -106,7 +99,7 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
     validate(cfg)
     uri = run.tracking()
     device = resolve_device(cfg.device)
-    missing = _missing(cfg, uri, run.model_cache)
+    files, missing = fetch_columns(cfg, uri, run.model_cache)
     if missing:
         if not cfg.train_missing:
             raise RegistryError(f"{'; '.join(missing)}. Train "
@@ -119,7 +112,8 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
         print(f"== {'; '.join(missing)}: training the pair with the quickstart's presets first")
         run_quickstart(run.workdir, progress=run.progress, address=run.address,
                        tracking_uri=uri)
-    columns = load_columns(cfg, uri, run.model_cache, device)
+        files, _ = fetch_columns(cfg, uri, run.model_cache)
+    columns = load_columns(files, device)
     resolution = next(iter(columns.values()))[3]
     images, split = evaluation_images(cfg, run.workdir, resolution, run.progress)
     with_lpips = lpips_available()
@@ -136,7 +130,8 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
         rid = tracking.find_or_create_run(
             uri, run.experiment, f"{run.run_key(cfg.name)}/{column}",
             run_name=f"{cfg.name}-{column}",
-            tags={PARENT: parent, "arinv.kind": "scale-column", "arinv.model": model_uri})
+            tags={tracking.PARENT_TAG: parent, "arinv.kind": "scale-column",
+                  "arinv.model": model_uri})
         children[column] = tracking.RunLogger(uri, rid)
         children[column].log_params({"model": model_uri, "tap": tap})
     print(f"== Table A2 {cfg.name}: {images.shape[0]} images of {split} at {resolution} px, "

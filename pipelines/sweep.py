@@ -45,7 +45,6 @@ from arinv.experiments import table_a3
 from arinv.experiments.table_a3 import checked, load_preset, run_name, trial_name
 from pipelines.trainer import Launch
 
-PARENT = "mlflow.parentRunId"
 TRIAL_MEMORY = 256 * 2**20  # a trial's own process only calls MLflow; its runs train
 SUMMARY = "summary.json"
 ROW_KEYS = {"trial", "trial_run", "eps", "attack_eps", "standard_acc", "pgd_acc", "encoder_run",
@@ -147,14 +146,15 @@ def trial(config: dict) -> None:
     uri, exp = ctx["tracking_uri"], ctx["experiment"]
     run_id = tracking.find_or_create_run(
         uri, exp, f"{ctx['key']}/{name}", run_name=name,
-        tags={PARENT: ctx["parent"], "arinv.kind": "sweep-trial", "arinv.sweep": sw.name})
+        tags={tracking.PARENT_TAG: ctx["parent"], "arinv.kind": "sweep-trial",
+              "arinv.sweep": sw.name})
     workdir = Path(ctx["workdir"]) / "trials" / name
 
     def launch(kind: str) -> Launch:
         return Launch(workdir=workdir / kind, run_name=run_name(sw.name, name, kind),
                       storage_path=ctx["storage"], tracking_uri=uri, experiment=exp,
                       register=False, model_cache=ctx["model_cache"], progress=False,
-                      extra_tags={PARENT: run_id, "arinv.sweep": sw.name},
+                      extra_tags={tracking.PARENT_TAG: run_id, "arinv.sweep": sw.name},
                       callbacks=[TuneReportCallback()])
 
     row: dict = {"trial": name, "trial_run": run_id}

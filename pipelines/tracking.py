@@ -34,6 +34,7 @@ from pipelines.errors import TrackingUnreachable  # noqa: F401  (raised here, ca
 
 RUN_KEY_TAG = "arinv.run_key"
 KIND_TAG = "arinv.kind"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this names
 
 _log = logging.getLogger(__name__)
 

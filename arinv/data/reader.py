@@ -33,6 +33,12 @@ def join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name
 
 
+def has_manifest(uri: str) -> bool:
+    """True when ``uri`` (a folder or ``s3://`` prefix) holds a shard set's manifest."""
+    path = join(uri, MANIFEST)
+    return storage.exists(path) if storage.is_s3(path) else Path(path).is_file()
+
+
 def load_manifest(uri: str) -> dict:
     """The manifest of the shard set at ``uri`` (a folder or ``s3://`` prefix)."""
     if storage.is_s3(uri):
