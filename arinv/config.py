@@ -541,11 +541,7 @@ class AnomalyConfig:
     max_failures: int = 1               # retries of a failed trial (it resumes its runs)
 
     def check(self) -> list[str]:
-        errs = []
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            errs.append(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
-        if self.standard is None and self.robust is None:
-            errs.append("standard, robust: give at least one encoder")
+        errs = _experiment_errors(self, "encoder")
         if self.dataset != "other" and not self.shards:
             errs.append(f"shards: dataset is {self.dataset}; set shards to its train/ and val/ "
                         "shard sets (arinv data write SOURCE DEST --split train|test)")
@@ -590,11 +586,7 @@ class ScaleConfig:
     train_missing: bool = False
 
     def check(self) -> list[str]:
-        errs = []
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            errs.append(f"name: letters, digits, '-', '_' and '.' only, got {self.name!r}")
-        if self.standard is None and self.robust is None:
-            errs.append("standard, robust: give at least one autoencoder")
+        errs = _experiment_errors(self, "autoencoder")
         for k in ("standard", "robust"):
             v = getattr(self, k)
             if v is not None and not v.startswith(("models:/", "runs:/")):
@@ -609,6 +601,70 @@ class ScaleConfig:
             errs.append(f"tile: must be >= 16 px, got {self.tile}")
         if self.examples > self.images:
             errs.append(f"examples: at most images ({self.images}), got {self.examples}")
+        return errs
+
+
+def _experiment_errors(cfg, model: str) -> list[str]:
+    """An experiment's name (a folder and run key) and its two columns (standard, robust)."""
+    errs = []
+    if not cfg.name or not all(c.isalnum() or c in "-_." for c in cfg.name):
+        errs.append(f"name: letters, digits, '-', '_' and '.' only, got {cfg.name!r}")
+    if cfg.standard is None and cfg.robust is None:
+        errs.append(f"standard, robust: give at least one {model}")
+    return errs
+
+
+Criterion = Literal["pixel", "pixel_feat", "pixel_feat_gan", "ri"]
+
+
+@dataclass
+class AblationConfig:
+    """The loss ablation (Sec. A2.1, Fig. A2): for one encoder pair (standard, robust), a
+    generator trained per criterion (pixel; pixel + feature; pixel + feature + GAN) and the
+    optimisation-based RI inversion, all reconstructing the same held-out images.
+    ``arinv.experiments.fig_a2`` says what each criterion trains."""
+
+    name: str = "ablation"
+    # the encoders of the two rows: a registry URI (models:/arinv-alexnet@robust), a stored
+    # checkpoint (s3://) or a checkpoint file; null leaves the row out
+    standard: Optional[str] = "models:/arinv-alexnet@standard"
+    robust: Optional[str] = "models:/arinv-alexnet@robust"
+    # the full criterion's generator preset: its loss weights (pix, feat, gan, disc) and its
+    # discriminator; the other criteria drop terms from it (weights of the kept terms unchanged)
+    generator: str = "alexnet-conv5-gan"
+    generator_set: list[str] = field(default_factory=list)  # overrides for every generator
+    criteria: list[Criterion] = field(
+        default_factory=lambda: ["pixel", "pixel_feat", "pixel_feat_gan", "ri"])
+    ri_steps: int = 1000               # RI: L2-normalised gradient steps from noise
+    ri_step_size: float = 1.0
+    shards: Optional[str] = None       # train/ and val/; default: the generator preset's data
+    images: int = 64                   # held-out images every criterion is measured on
+    examples: int = 4                  # of them, shown in the figure
+    # when an encoder is not in the registry: train the quickstart's pair in the workdir first
+    # (the toy preset), instead of stopping with an error
+    train_missing: bool = False
+    max_concurrent: Optional[int] = None  # trials at once; default: what the cluster fits
+    max_failures: int = 1                 # retries of a failed trial (it resumes its run)
+
+    def check(self) -> list[str]:
+        errs = _experiment_errors(self, "encoder")
+        known = typing.get_args(Criterion)
+        if not self.criteria or len(set(self.criteria)) != len(self.criteria) or \
+                any(k not in known for k in self.criteria):
+            errs.append(f"criteria: distinct criteria of {list(known)}, got {self.criteria}")
+        if "ri" in self.criteria and self.ri_steps < 1:
+            errs.append(f"ri_steps: must be >= 1 with the ri criterion, got {self.ri_steps}")
+        if not self.ri_step_size > 0:
+            errs.append(f"ri_step_size: must be > 0, got {self.ri_step_size}")
+        for k in ("images", "examples"):
+            if getattr(self, k) < 1:
+                errs.append(f"{k}: must be >= 1, got {getattr(self, k)}")
+        if self.examples > self.images:
+            errs.append(f"examples: at most images ({self.images}), got {self.examples}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            errs.append(f"max_concurrent: must be >= 1 (or null), got {self.max_concurrent}")
+        if self.max_failures < 0:
+            errs.append(f"max_failures: must be >= 0, got {self.max_failures}")
         return errs
 
 
@@ -885,9 +941,11 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
 
 
 def config_class(preset_or_path: str):
-    """EncoderTrainConfig, GeneratorTrainConfig, SweepConfig, AnomalyConfig or ScaleConfig,
-    from the preset's fields."""
+    """EncoderTrainConfig, GeneratorTrainConfig, SweepConfig, AnomalyConfig, ScaleConfig or
+    AblationConfig, from the preset's fields."""
     data = _read_yaml(resolve_preset(preset_or_path))
+    if "criteria" in data:
+        return AblationConfig  # Fig. A2: names its encoders, a generator preset and criteria
     if "factors" in data:
         return ScaleConfig  # Table A2: names two autoencoders and the scale factors
     if {"standard", "robust", "scoring"} & set(data):

@@ -43,7 +43,7 @@ from arinv.config import (
 from arinv.data import storage
 from arinv.data.reader import image_folder_shards
 from arinv.experiments import table_a1
-from pipelines.autoencoders import autoencoder_files, load_pair, local_file
+from pipelines.autoencoders import autoencoder_files, encoder_column, load_pair, local_file
 from pipelines.trainer import Launch
 
 SCORES, DONE = "scores", "scores.json"  # a trial's Parquet folder and its completion record
@@ -227,16 +227,6 @@ def model_name(an_name: str, positive: int) -> str:
     return f"arinv-anomaly-{an_name}-class{positive}"
 
 
-def encoder_column(ref: str, tracking_uri: str, cache: str | None):
-    """(local file, the encoder's stored config) of an encoder reference: a registry URI
-    (fetched) or a checkpoint file."""
-    from arinv.models.load import load_encoder
-
-    path = local_file(ref, "encoder", tracking_uri, cache)
-    _, cfg = load_encoder(path)
-    return path, cfg
-
-
 # ----------------------------------------------------------------------------- the protocol
 
 
@@ -280,7 +270,7 @@ def trial(config: dict) -> None:
                             resolution=ctx["resolution"], scoring=an.scoring, alpha_pix=a_pix,
                             alpha_feat=a_feat, tracking_uri=uri, cache=ctx["model_cache"],
                             progress=False)
-        _write_text(done, json.dumps(info))
+        storage.write_bytes(done, json.dumps(info).encode())
     s = read_scores(out)
     anomalous = s["label"] != positive
     auc = auroc(s["score"], anomalous)
@@ -307,19 +297,6 @@ def trial(config: dict) -> None:
                                               indent=2, default=str))
     ray.tune.report({**{k: v for k, v in row.items() if v is not None},
                      "fpr": fpr.tolist(), "tpr": tpr.tolist(), "trial_complete": 1})
-
-
-def _write_text(uri: str, text: str) -> None:
-    if storage.is_s3(uri):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "f").write_text(text)
-            storage.upload_file(Path(d) / "f", uri)
-        return
-    path = storage.local_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def plan(an: AnomalyConfig, run: Launch) -> dict:

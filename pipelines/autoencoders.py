@@ -29,6 +29,16 @@ def local_file(ref: str, part: str, tracking_uri: str | None, cache: str | None)
     return path
 
 
+def encoder_column(ref: str, tracking_uri: str | None, cache: str | None):
+    """(local file, the encoder's stored config) of an encoder reference: a registry URI
+    (fetched; an autoencoder's gives its encoder), an ``s3://`` checkpoint or a file."""
+    from arinv.models.load import load_encoder
+
+    path = local_file(ref, "encoder", tracking_uri, cache)
+    _, cfg = load_encoder(path)
+    return path, cfg
+
+
 def autoencoder_files(model_uri: str, tracking_uri: str | None, cache: str | None,
                       purpose: str = "anomaly scoring"):
     """(encoder, generator) checkpoint files of a registered autoencoder; a model of another

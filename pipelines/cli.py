@@ -21,6 +21,8 @@ EPILOG = """examples:
   arinv data write /data/imagenet/train shards/imagenet/train       # .beton shards + manifest
   arinv data verify shards/imagenet/train
   arinv anomaly eval --config tiny-sample-anomaly                     # Table A1 at toy size
+  arinv eval-scale --config tiny-sample-scale                         # Table A2 at toy size
+  arinv ablation --config tiny-sample-ablation                        # Fig. A2 at toy size
   arinv models import cifar_l2_0_5.pt --encoder resnet18_cifar --alias madry-l2-05 --robust-eps 0.5
 """
 
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", default=None, help="also write the report to this JSON file")
     _add_scale_parser(sub)
+    _add_ablation_parser(sub)
     _add_data_parser(sub)
     from pipelines.cli_anomaly import add_anomaly_parser
 
@@ -147,6 +150,50 @@ def _add_scale_parser(sub) -> None:
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field, e.g. --set robust=models:/NAME@ALIAS --set "
                    "'factors=[1, 2, 10]' --set images=64 --set data=DIR")
+    _add_experiment_arguments(s, "Ray cluster for training missing models (train_missing)")
+
+
+ABLATION_DESCRIPTION = """The loss ablation (paper Sec. A2.1, Fig. A2) on Ray Tune.
+
+For one encoder pair (standard, robust; registry URIs or checkpoint files), one trial per
+criterion and encoder: generators trained with the pixel loss; pixel + feature; pixel + feature
++ GAN (each on Ray Train, the full criterion's weights from the generator preset for every term
+kept), and the optimisation-based RI inversion (no generator). Every trial reconstructs the
+same held-out images and measures PSNR, SSIM and LPIPS (where its weights are installed).
+
+Writes WORKDIR/table_fig_a2.md / .csv (a row per criterion), fig_a2.png (ground truth, then each
+criterion's standard and AR rows) and results.json, logged to MLflow: a parent run and a child
+run per trial. Relaunching with the same config and --storage-path resumes.
+
+examples:
+  arinv ablation --config tiny-sample-ablation          # toy: trains the quickstart's encoders
+                                                        # if missing, then 8 trials (CPU)
+  arinv ablation --config tiny-sample-ablation --workdir arinv-quickstart \\
+      --tracking-uri sqlite:///arinv-quickstart/mlflow.db    # the quickstart's encoders
+  arinv ablation --config ablation-alexnet-conv5 --set shards=s3://bucket/imagenet \\
+      --storage-path s3://bucket/runs --tracking-uri http://mlflow:5000
+"""
+
+
+def _add_ablation_parser(sub) -> None:
+    s = sub.add_parser("ablation", help="Fig. A2: invert a standard and a robust encoder with "
+                       "pixel / + feature / + GAN generators and RI, as Tune trials",
+                       description=ABLATION_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--config", default="tiny-sample-ablation",
+                   help="preset or YAML file (default tiny-sample-ablation; the paper's: "
+                   "ablation-alexnet-conv5)")
+    s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field, e.g. --set robust=models:/NAME@ALIAS --set "
+                   "'criteria=[pixel, ri]' --set images=64")
+    s.add_argument("--storage-path", default=None, metavar="URI",
+                   help="Tune and Ray Train state, trial results: a folder or s3://bucket/prefix "
+                   "(shared by all nodes of a multi-node cluster); default WORKDIR/ray")
+    _add_experiment_arguments(s, "Ray cluster address")
+
+
+def _add_experiment_arguments(s, address: str) -> None:
+    """What a downstream experiment command (eval-scale, ablation) shares."""
     s.add_argument("--workdir", default=None,
                    help="outputs (table, figure, results.json); default runs/<name>")
     s.add_argument("--run-name", default=None, help="default: the config's name")
@@ -154,8 +201,8 @@ def _add_scale_parser(sub) -> None:
                    help="MLflow tracking server and registry the models come from; default "
                    "$MLFLOW_TRACKING_URI or ./mlflow.db")
     s.add_argument("--experiment", default="arinv", help="MLflow experiment (default arinv)")
-    s.add_argument("--address", default=None, help="Ray cluster for training missing models "
-                   "(train_missing); default $RAY_ADDRESS or a new local cluster")
+    s.add_argument("--address", default=None,
+                   help=f"{address}; default $RAY_ADDRESS or a new local cluster")
     s.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -612,6 +659,24 @@ def _eval_scale(args) -> int:
     return 0
 
 
+def _ablation(args) -> int:
+    from arinv.config import AblationConfig, load_config
+    from pipelines.ablation import run_ablation
+    from pipelines.trainer import Launch
+
+    cfg = load_config(AblationConfig, args.config,
+                      [*args.set, *([f"name={args.run_name}"] if args.run_name else [])])
+    run = Launch(workdir=Path(args.workdir or Path("runs") / cfg.name), run_name=cfg.name,
+                 storage_path=args.storage_path, tracking_uri=args.tracking_uri,
+                 experiment=args.experiment, address=args.address,
+                 progress=not args.no_progress, register=False)
+    r = run_ablation(cfg, run)
+    print("\n" + Path(r["workdir"], "table_fig_a2.md").read_text())
+    print(f"figure:     {Path(r['workdir'], 'fig_a2.png')}\noutputs:    {r['workdir']}\n"
+          f"MLflow:     {r['tracking_uri']} run {r['run_id']}")
+    return 0 if r["complete"] else 1
+
+
 def _anomaly(args) -> int:
     from pipelines.cli_anomaly import run
 
@@ -621,7 +686,8 @@ def _anomaly(args) -> int:
 _COMMANDS = {"quickstart": _quickstart, "presets": _presets, "config": _config,
              "train-encoder": _train_encoder, "train-generator": _train_generator,
              "sweep": _sweep,
-             "eval-robustness": _eval_robustness, "eval-scale": _eval_scale, "data": _data,
+             "eval-robustness": _eval_robustness, "eval-scale": _eval_scale, "ablation": _ablation,
+             "data": _data,
              "anomaly": lambda args: _anomaly(args),
              "models": _models}
 

@@ -109,7 +109,8 @@ def run(args, launch) -> int:
 def _train(args, launch) -> int:
     from arinv.config import AnomalyConfig, validate
     from arinv.experiments import table_a1
-    from pipelines.anomaly import encoder_column, model_name, train_positive
+    from pipelines.anomaly import model_name, train_positive
+    from pipelines.autoencoders import encoder_column
 
     name = args.run_name or "anomaly"
     an = AnomalyConfig(name=name, generator=args.config, generator_set=args.set,

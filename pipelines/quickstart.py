@@ -62,6 +62,24 @@ def configs(overrides: list[str], shards: str | None) -> tuple[dict, dict]:
     return encs, gens
 
 
+def train_missing_pair(missing: list[str], run, tracking_uri: str, *, allowed: bool,
+                       registers: str, kind: str) -> None:
+    """For a downstream command whose models are not in the registry: with ``allowed`` (its
+    toy preset's ``train_missing``), train the pair with the quickstart's presets in the run's
+    workdir; else stop, saying why each is missing (``missing``), what the quickstart
+    ``registers`` and how to name registered ``kind`` models instead."""
+    from pipelines.errors import RegistryError
+
+    why = "; ".join(missing)
+    if not allowed:
+        raise RegistryError(f"{why}. Train the pair first (e.g. 'arinv quickstart --workdir DIR' "
+                            f"registers {registers} in DIR/mlflow.db), or name registered "
+                            f"{kind}s with --set standard=models:/NAME@ALIAS --set robust=...")
+    print(f"== {why}: training the pair with the quickstart's presets first")
+    run_quickstart(run.workdir, progress=run.progress, address=run.address,
+                   tracking_uri=tracking_uri)
+
+
 def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool = True,
                    address: str | None = None, tracking_uri: str | None = None,
                    shards: str | None = None) -> dict:

@@ -95,23 +95,16 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
     from arinv.train.runtime import resolve_device
     from arinv.viz import save_grid
     from pipelines import tracking
+    from pipelines.quickstart import train_missing_pair
 
     validate(cfg)
     uri = run.tracking()
     device = resolve_device(cfg.device)
     files, missing = fetch_columns(cfg, uri, run.model_cache)
     if missing:
-        if not cfg.train_missing:
-            raise RegistryError(f"{'; '.join(missing)}. Train "
-                                "the pair first (e.g. 'arinv quickstart --workdir DIR' registers "
-                                "arinv-alexnet_small-conv5-autoencoder@standard and @robust in "
-                                "DIR/mlflow.db), or name registered autoencoders with --set "
-                                "standard=models:/NAME@ALIAS --set robust=...")
-        from pipelines.quickstart import run_quickstart
-
-        print(f"== {'; '.join(missing)}: training the pair with the quickstart's presets first")
-        run_quickstart(run.workdir, progress=run.progress, address=run.address,
-                       tracking_uri=uri)
+        train_missing_pair(missing, run, uri, allowed=cfg.train_missing, kind="autoencoder",
+                           registers="arinv-alexnet_small-conv5-autoencoder@standard and "
+                           "@robust")
         files, _ = fetch_columns(cfg, uri, run.model_cache)
     columns = load_columns(files, device)
     resolution = next(iter(columns.values()))[3]

@@ -28,7 +28,6 @@ import json
 import math
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from arinv.config import (
@@ -266,16 +265,17 @@ def _fit(sw: SweepConfig, run: Launch, cfgs: list, alias: str | None) -> dict:
 
 
 def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dict,
-                    tune_config, what: str):
-    """A Tune experiment NAME under run.storage_path whose trials run ``fn`` (their own process
-    only drives MLflow and Ray Train: no CPU of theirs); restored with its unfinished and errored
+                    tune_config, what: str, resources=None):
+    """A Tune experiment NAME under run.storage_path whose trials run ``fn`` (by default their
+    own process only drives MLflow and Ray Train: no CPU of theirs; ``resources``, a dict or a
+    function of the trial's config, says otherwise); restored with its unfinished and errored
     trials when the folder already holds one (a relaunch resumes), else a new one over
     ``space``."""
     from ray import tune
 
     from pipelines.trainer import ray_storage_path, storage_filesystem
 
-    trainable = tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_MEMORY})
+    trainable = tune.with_resources(fn, resources or {"CPU": 0, "memory": TRIAL_MEMORY})
     fs = storage_filesystem(run.storage_path)
     path = f"{ray_storage_path(run.storage_path).rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
@@ -392,14 +392,7 @@ def _check_relaunch(sw: SweepConfig, run: Launch) -> None:
                               "with the same config to resume it, or give the sweep another "
                               "name (--set name=...)")
         return
-    text = json.dumps(mine, indent=2, default=str)
-    if not storage.is_s3(uri):
-        storage.local_path(uri).parent.mkdir(parents=True, exist_ok=True)
-        storage.local_path(uri).write_text(text)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "sweep.json").write_text(text)
-        storage.upload_file(Path(d) / "sweep.json", uri)
+    storage.write_bytes(uri, json.dumps(mine, indent=2, default=str).encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -420,6 +420,19 @@ def _transfer_config(multipart_threshold: int, multipart_chunksize: int):
                           preferred_transfer_client="classic")  # predictable part sizes
 
 
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a local file (its folders made) or an S3 object (through
+    :func:`upload_file`, checksum kept), replacing what was there."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "object").write_bytes(data)
+        upload_file(Path(d) / "object", str(uri))
+
+
 def upload_file(local_path_: str | os.PathLike, uri: str, *, sha256: str | None = None,
                 verify: str = "checksum", client=None,
                 multipart_threshold: int = MULTIPART_THRESHOLD,

@@ -3,6 +3,7 @@ import re
 import pytest
 
 from arinv.config import (
+    AblationConfig,
     AnomalyConfig,
     AttackConfig,
     ConfigError,
@@ -39,6 +40,15 @@ def test_every_preset_loads_and_validates(preset, tmp_path, monkeypatch):
         an = load_config(AnomalyConfig, preset, [f"shards={tmp_path}"])
         cfgs = [table_a1.generator_config(an, c, 0, None) for c in table_a1.columns(an)]
         assert cfgs and all(g.data.classes == [0] and g.loss.gan == 0 for g in cfgs)
+        return
+    if config_class(preset) is AblationConfig:  # Fig. A2: every criterion's generator checked
+        from arinv.experiments import fig_a2
+
+        ab = load_config(AblationConfig, preset)
+        ab = load_config(AblationConfig, preset, [f"generator_set={ab.generator_set + overrides}"])
+        cfgs = [fig_a2.generator_config(ab, c["criterion"], c["column"], None)
+                for c in fig_a2.cells(ab) if c["criterion"] in fig_a2.TRAINED]
+        assert sorted({g.loss.gan > 0 for g in cfgs}) == [False, True]
         return
     if config_class(preset) is ScaleConfig:  # Table A2: names two autoencoders, no training
         sc = load_config(ScaleConfig, preset, [f"data={tmp_path}"])
