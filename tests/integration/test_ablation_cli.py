@@ -33,20 +33,24 @@ def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("ablation")
     shards = str(write_sample_shards(d / "sample", 8, 2, progress=False))
     uri = f"sqlite:///{d / 'mlflow.db'}"
-    for name, arch, classes in (("arinv-alexnet_small", "alexnet_small", 8),
-                                ("toy-resnet", "resnet18_cifar", 10)):
+    files = {}
+    for arch, classes in (("alexnet_small", 8), ("resnet18_cifar", 10)):
         for column, attack in (("standard", None), ("robust", AttackConfig(eps=0.5, steps=2))):
             torch.manual_seed(0)
             enc = create_encoder(arch, num_classes=classes)
-            cfg = EncoderTrainConfig(name=f"{name}-{column}", attack=attack)
+            cfg = EncoderTrainConfig(name=f"{arch}-{column}", attack=attack)
             cfg.encoder.name, cfg.encoder.num_classes = arch, classes
-            path = save_checkpoint(d / f"{name}-{column}.pt", kind="encoder", arch=enc.arch,
-                                   modules={"model": enc}, progress={"epoch": 1, "history": []},
-                                   config=to_dict(cfg))
-            run_id = tracking.find_or_create_run(uri, "arinv", f"{name}-{column}",
-                                                 run_name=column)
-            registry.register_encoder(uri, run_id, path, name=name, alias=column)
-    return {"dir": d, "shards": shards, "uri": uri}
+            files[arch, column] = save_checkpoint(
+                d / f"{arch}-{column}.pt", kind="encoder", arch=enc.arch,
+                modules={"model": enc}, progress={"epoch": 1, "history": []},
+                config=to_dict(cfg))
+            if arch == "alexnet_small":  # the pair the ablation inverts, from the registry
+                run_id = tracking.find_or_create_run(uri, "arinv", f"{arch}-{column}",
+                                                     run_name=column)
+                registry.register_encoder(uri, run_id, files[arch, column],
+                                          name="arinv-alexnet_small", alias=column)
+    return {"dir": d, "shards": shards, "uri": uri,
+            "resnet": str(files["resnet18_cifar", "robust"])}
 
 
 def _config(world, tmp_path, **changes) -> str:
@@ -116,8 +120,8 @@ def test_ablation_trials_table_figure_runs_and_relaunch(world, ray_cluster, tmp_
 @pytest.mark.parametrize("changes, expected", [
     ({"standard": "models:/arinv-alexnet_small@robust"},
      r"standard: models:/arinv-alexnet_small@robust holds an adversarially trained encoder"),
-    ({"robust": "models:/toy-resnet@robust"},
-     r"robust: models:/toy-resnet@robust holds a resnet18_cifar encoder.*inverts "
+    ({"robust": "RESNET"},  # a checkpoint file of another architecture
+     r"robust: \S+resnet18_cifar-robust.pt holds a resnet18_cifar encoder.*inverts "
      r"alexnet_small.conv5"),
     ({"robust": "models:/arinv-alexnet_small@nope"},
      r"models:/arinv-alexnet_small@nope.*no alias.*Train the pair first"),
@@ -130,6 +134,7 @@ def test_bad_input_is_refused_before_ray_starts(world, tmp_path, capsys, monkeyp
     import re
 
     monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
+    changes = {k: world["resnet"] if v == "RESNET" else v for k, v in changes.items()}
     assert cli(_args(world, tmp_path, _config(world, tmp_path, **changes))) == 2
     err = capsys.readouterr().err
     assert re.search(expected, err, re.S), err
