@@ -81,3 +81,119 @@ def test_a_misspelt_key_fails_rays_validation():
     cfg["available_node_types"]["gpu-train"]["max_worker"] = 8
     with pytest.raises(Exception, match="Additional properties"):
         validate_config(prepare_config(cfg))
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+K8S = ROOT / "infra" / "k8s"
+K8S_VERSION = "1.30"
+
+
+def _docs() -> list[tuple[Path, dict]]:
+    return [(p, d) for p in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+            if d]
+
+
+def _pod_templates(spec: dict) -> list[dict]:
+    out = [spec["headGroupSpec"]["template"]]
+    return out + [g["template"] for g in spec.get("workerGroupSpecs", [])]
+
+
+def _check_pod_template(template: dict, where: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+               "template": template}
+    try:
+        kv.validate(wrapped, K8S_VERSION, strict=True)
+    except kv.ValidationError as e:
+        raise AssertionError(f"{where}: {e}") from None
+
+
+def test_every_manifest_passes_its_schema():
+    import jsonschema
+    from kuberay_v1 import SCHEMAS
+
+    kv = pytest.importorskip("kubernetes_validate")
+    kinds = []
+    for path, doc in _docs():
+        kinds.append(doc["kind"])
+        where = f"{path.name} {doc['kind']} {doc['metadata']['name']}"
+        if doc["apiVersion"] == "ray.io/v1":
+            jsonschema.validate(doc, SCHEMAS[doc["kind"]])
+            spec = doc["spec"].get("rayClusterSpec") or (
+                doc["spec"] if doc["kind"] == "RayCluster" else None)
+            for t in _pod_templates(spec) if spec else []:
+                _check_pod_template(t, where)
+        else:
+            try:
+                kv.validate(doc, K8S_VERSION, strict=True)
+            except kv.ValidationError as e:
+                raise AssertionError(f"{where}: {e}") from None
+    assert sorted(set(kinds)) == ["Deployment", "Namespace", "RayCluster", "RayJob", "Service",
+                                  "ServiceAccount", "StatefulSet"]
+    assert kinds.count("RayJob") == 3  # encoder training, generator training, a sweep
+
+
+def test_the_kuberay_schema_refuses_what_the_operator_would():
+    import jsonschema
+    from kuberay_v1 import SCHEMAS
+
+    (_, cluster), = [(p, d) for p, d in _docs() if d["kind"] == "RayCluster"]
+    bad = yaml.safe_load(yaml.safe_dump(cluster))
+    bad["spec"]["workerGroupSpecs"][0]["rayStartParams"] = {"num-gpus": 8}  # not a string
+    with pytest.raises(jsonschema.ValidationError, match="is not of type 'string'"):
+        jsonschema.validate(bad, SCHEMAS["RayCluster"])
+    bad = yaml.safe_load(yaml.safe_dump(cluster))
+    bad["apiVersion"] = "ray.io/v1alpha1"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMAS["RayCluster"])
+    job = next(d for _, d in _docs() if d["kind"] == "RayJob")
+    bad = yaml.safe_load(yaml.safe_dump(job))
+    del bad["spec"]["clusterSelector"]  # neither a cluster spec nor a selector
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, SCHEMAS["RayJob"])
+    bad = yaml.safe_load(yaml.safe_dump(job))
+    bad["spec"]["submissionMode"] = "Batch"
+    with pytest.raises(jsonschema.ValidationError, match="is not one of"):
+        jsonschema.validate(bad, SCHEMAS["RayJob"])
+
+
+def test_gpu_group_token_auth_workload_identity_and_no_public_endpoints():
+    docs = [d for _, d in _docs()]
+    cluster = next(d for d in docs if d["kind"] == "RayCluster")
+    templates = _pod_templates(cluster["spec"])
+    gpu = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-train")
+    c = gpu["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["template"]["spec"]["tolerations"])
+    for t in templates:
+        spec = t["spec"]
+        assert spec["serviceAccountName"] == "arinv-ray"  # S3 by workload identity, no keys
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "ray-auth"
+        assert "value" not in env["MLFLOW_TRACKING_PASSWORD"]  # from a secret only
+    for d in docs:
+        if d["kind"] == "Service":
+            assert d["spec"].get("type", "ClusterIP") == "ClusterIP", d["metadata"]["name"]
+    assert cluster["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"
+    for job in (d for d in docs if d["kind"] == "RayJob"):
+        assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "arinv"}
+        assert "s3://" in job["spec"]["entrypoint"] and "--storage-path" in job["spec"]["entrypoint"]
+        yaml.safe_load(job["spec"]["runtimeEnvYAML"])  # a YAML string, as KubeRay expects
+
+
+def test_mlflow_server_has_auth_postgres_s3_and_allowed_hosts():
+    docs = [d for _, d in _docs()]
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    cmd = " ".join(c["args"])
+    assert "--app-name basic-auth" in cmd and "postgresql://" in cmd
+    assert "--artifacts-destination s3://" in cmd
+    hosts = re.search(r'--allowed-hosts "([^"]+)"', cmd).group(1).split(",")
+    assert "mlflow.arinv.svc.cluster.local:5000" in hosts and "mlflow:5000" in hosts
+    env = {e["name"]: e for e in c["env"]}
+    for k in ("DB_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert "secretKeyRef" in env[k]["valueFrom"], k
+    db = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert db["spec"]["template"]["spec"]["containers"][0]["image"].startswith("postgres:")
