@@ -197,3 +197,23 @@ def test_mlflow_server_has_auth_postgres_s3_and_allowed_hosts():
         assert "secretKeyRef" in env[k]["valueFrom"], k
     db = next(d for d in docs if d["kind"] == "StatefulSet")
     assert db["spec"]["template"]["spec"]["containers"][0]["image"].startswith("postgres:")
+
+
+MODULE_COMMANDS = {"pipelines.train_encoder": "train-encoder",
+                   "pipelines.train_generator": "train-generator", "pipelines.sweep": "sweep"}
+
+
+def test_every_rayjob_entrypoint_is_a_valid_command_and_config():
+    """What each RayJob would run parses with the CLI and its config (with the --set fields)
+    loads and validates, so a typo in a manifest fails here, not after a cluster is up."""
+    import shlex
+
+    from arinv.config import config_class, load_config
+    from pipelines.cli import _parser
+
+    for _, job in ((p, d) for p, d in _docs() if d["kind"] == "RayJob"):
+        argv = shlex.split(job["spec"]["entrypoint"])
+        assert argv[:2] == ["python", "-m"], argv
+        args = _parser().parse_args([MODULE_COMMANDS[argv[2]], *argv[3:]])
+        cfg = load_config(config_class(args.config), args.config, args.set)
+        assert cfg.name and args.storage_path.startswith("s3://")
