@@ -157,10 +157,10 @@ def score_command(model_uri: str, data: str, out: str, *, scoring: ScoringConfig
     cluster starts, then :func:`score_shards`; with ``positive`` classes also the AUROC."""
     from arinv.data.reader import join, load_manifest
     from arinv.data.shards import MANIFEST
-    from pipelines.tracking import default_tracking_uri
+    from pipelines.tracking import checked_uri, default_tracking_uri
     from pipelines.trainer import init_ray, model_cache_dir, own_local_ray
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = checked_uri(tracking_uri) if tracking_uri else default_tracking_uri()
     workdir = Path(workdir).expanduser().resolve()
     cache = str(model_cache_dir())
     enc_file, gen_file = autoencoder_files(model_uri, uri, cache)

@@ -345,9 +345,9 @@ def _add_models_parser(sub) -> None:
 
 def _models(args) -> int:
     from pipelines.registry import import_encoder
-    from pipelines.tracking import default_tracking_uri
+    from pipelines.tracking import checked_uri, default_tracking_uri
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = checked_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
     r = import_encoder(uri, args.file, args.encoder, name=args.name, alias=args.alias,
                        experiment=args.experiment, robust_eps=args.robust_eps,
                        robust_norm=args.robust_norm, num_classes=args.num_classes,

@@ -86,6 +86,10 @@ def run_quickstart(workdir: Path, *, overrides: list[str] = (), progress: bool =
     workdir = Path(workdir).expanduser().resolve()
     bundled = shards is None  # the bundled photographs, written as shards by _run
     shards = str(workdir / "shards") if bundled else shards
+    from pipelines.tracking import checked_uri
+
+    if tracking_uri:
+        checked_uri(tracking_uri)
     encs, gens = configs(list(overrides), shards)  # every config checked before any work
     with own_local_ray():  # a local cluster the pipelines start is shut down at the end
         return _run(workdir, encs, gens, progress, address, tracking_uri, bundled)

@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # no public equivalent
 
+from arinv.config import ConfigError
 from pipelines.errors import TrackingUnreachable  # noqa: F401  (raised here, caught by the CLI)
 
 RUN_KEY_TAG = "arinv.run_key"
@@ -63,8 +64,28 @@ def default_tracking_uri(folder=None) -> str:
     the one a bare ``mlflow`` client (or ``mlflow ui``) started there finds. (MLflow 3 refuses
     the plain file store, and the registry needs a database.)"""
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return checked_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
     return f"sqlite:///{Path(folder or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def checked_uri(uri: str, where: str = "--tracking-uri") -> str:
+    """``uri``, refused when it carries a password: a tracking URI is printed, logged in
+    reports and results.json and stored in Ray Train's and Tune's configs, so credentials go
+    in the environment instead. The error shows the URI with the password masked."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if password:
+        masked = uri.replace(f":{password}@", ":***@", 1)
+        raise ConfigError(f"{where}: {masked} carries a password, and tracking URIs are logged "
+                          "and stored; give the URI without it and the credentials as "
+                          "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (an MLflow "
+                          "server) or PGPASSWORD / ~/.pgpass (a PostgreSQL database URI)")
+    return uri
 
 
 def is_unreachable(e: BaseException) -> bool:

@@ -55,9 +55,9 @@ class Launch:
             self.storage_path = str(Path(self.storage_path).expanduser().resolve())
 
     def tracking(self) -> str:
-        from pipelines.tracking import default_tracking_uri
+        from pipelines.tracking import checked_uri, default_tracking_uri
 
-        return self.tracking_uri or default_tracking_uri()
+        return checked_uri(self.tracking_uri) if self.tracking_uri else default_tracking_uri()
 
     def run_key(self, name: str) -> str:
         return f"{self.storage_path.rstrip('/')}/{name}"

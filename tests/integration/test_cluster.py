@@ -158,3 +158,20 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(two_nodes, s3_env,
     mv = client.get_model_version_by_alias("arinv-alexnet_small-conv5-autoencoder",
                                            "s3sweep-best")
     assert mv.status == "READY" and mv.run_id == row["generator_run"]
+    # no credential anywhere the sweep wrote: the S3 keys the nodes had in their environment
+    # are in no stored object (checkpoints, Tune's stored configs and results, MLflow
+    # artifacts), no local output, no MLflow param or tag
+    secrets = [s3_env.secret_key.encode(), s3_env.access_key.encode()]
+    leaks = []
+    for prefix in (s3_prefix, f"s3://{mlflow_server.bucket}/{mlflow_server.artifacts_prefix}/"):
+        for key in storage.list_prefix(prefix):
+            body = storage.read_bytes(key)
+            leaks += [key for sec in secrets if sec in body]
+    for f in (p for p in tmp_path.rglob("*") if p.is_file()):
+        body = f.read_bytes()
+        leaks += [str(f) for sec in secrets if sec in body]
+    exp = client.get_experiment_by_name("sweeps").experiment_id
+    for found in client.search_runs([exp]):
+        text = repr((found.data.params, found.data.tags)).encode()
+        leaks += [found.info.run_id for sec in secrets if sec in text]
+    assert not leaks, leaks

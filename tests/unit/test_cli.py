@@ -147,3 +147,28 @@ def test_an_unknown_registry_uri_is_one_line_naming_the_store(tmp_path, monkeypa
     assert f"models:/arinv-nope@robust: no registered model 'arinv-nope' at sqlite:///" \
            f"{tmp_path.resolve()}/mlflow.db" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-generator", "--config", "tiny-sample-generator", "--no-progress",
+     "--set", "encoder.checkpoint=models:/arinv-x@robust"],
+    ["quickstart", "--no-progress"],
+    ["anomaly", "score", "--model", "models:/x@robust", "--data", "d", "--out", "o"],
+])
+def test_a_tracking_uri_with_a_password_is_refused_without_echoing_it(argv, tmp_path, capsys,
+                                                                       monkeypatch):
+    """Tracking URIs are logged and stored: one carrying a password is refused before any
+    work, the password masked in the message, which says where credentials go instead."""
+    monkeypatch.chdir(tmp_path)
+    code = main([*argv, "--tracking-uri", "http://alice:hunter2-secret@mlflow.example:5000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "hunter2-secret" not in err, err
+    assert "http://alice:***@mlflow.example:5000 carries a password" in err
+    assert "MLFLOW_TRACKING_PASSWORD" in err and not list(tmp_path.iterdir())
+    if argv[0] == "quickstart":
+        return  # the quickstart's store is the sqlite file in its workdir, not the environment's
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://arinv:hunter2-secret@db/mlflow")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_URI: postgresql://arinv:***@db/mlflow" in err
+    assert "hunter2-secret" not in err and "PGPASSWORD" in err
