@@ -59,11 +59,11 @@ def test_sanity_checks_flag_gradient_masking_symptoms():
 
 def test_autoattack_reference_is_at_least_as_strong_as_pgd(trained):
     model, x, y = trained
-    x, y = x[:24], y[:24]
+    x, y = x[:12], y[:12]  # APGD-T attacks each of 9 target classes: few images keep it short
     pgd_acc = robustness_report(model, x, y, eps_list=[0.25], steps=10).pgd[0.25]
     aa = autoattack_accuracy(model, x, y, eps=0.25, norm="l2", version="custom",
-                             attacks=["apgd-ce", "apgd-t"], batch_size=24)
-    assert 0.0 <= aa <= pgd_acc + 1 / 24
+                             attacks=["apgd-ce", "apgd-t"], batch_size=12)
+    assert 0.0 <= aa <= pgd_acc + 1 / 12
     assert model.training is False
 
 
