@@ -148,10 +148,12 @@ def pyarrow_s3_filesystem(**overrides):
     """``pyarrow.fs.S3FileSystem`` built from the same settings as :func:`s3_client`.
 
     pyarrow ignores ``AWS_ENDPOINT_URL``, so a non-AWS endpoint resolved by botocore is passed
-    as ``endpoint_override`` (with its scheme). Static credentials (env vars, shared
-    credentials/config file) are passed explicitly; temporary ones (instance/pod roles, SSO,
-    assume-role) are left to pyarrow's own provider chain, which refreshes them. ``overrides``
-    go straight to ``S3FileSystem`` (e.g. ``request_timeout=``)."""
+    as ``endpoint_override`` (with its scheme). Credentials are never passed: a pyarrow
+    filesystem pickles its options, and Ray Train and Tune store the filesystem in their state
+    (``tuner.pkl`` on the storage itself), so explicit keys would be written there. pyarrow's own
+    provider chain (the AWS_* variables, the shared credentials and config files with
+    AWS_PROFILE, web identity, instance and pod roles) finds them on each node and refreshes
+    temporary ones. ``overrides`` go straight to ``S3FileSystem`` (e.g. ``request_timeout=``)."""
     import pyarrow.fs as pafs
 
     session, client = _session_and_client(10, 60, None)
@@ -165,12 +167,6 @@ def pyarrow_s3_filesystem(**overrides):
         kw["scheme"] = p.scheme or "https"
     if client.meta.region_name:
         kw["region"] = client.meta.region_name
-    creds = session.get_credentials()
-    if creds is not None and creds.method in ("env", "explicit", "shared-credentials-file",
-                                              "config-file"):
-        frozen = creds.get_frozen_credentials()
-        kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                  session_token=frozen.token)
     kw.update(overrides)
     return pafs.S3FileSystem(**kw)
 

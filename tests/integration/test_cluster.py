@@ -165,6 +165,8 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(two_nodes, s3_env,
     leaks = []
     for prefix in (s3_prefix, f"s3://{mlflow_server.bucket}/{mlflow_server.artifacts_prefix}/"):
         for key in storage.list_prefix(prefix):
+            if key.endswith("/"):  # a folder marker object, no content
+                continue
             body = storage.read_bytes(key)
             leaks += [key for sec in secrets if sec in body]
     for f in (p for p in tmp_path.rglob("*") if p.is_file()):

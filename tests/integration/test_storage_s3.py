@@ -267,6 +267,11 @@ def test_pyarrow_filesystem_uses_same_endpoint(s3_env, s3_prefix, tmp_path):
     with fs.open_output_stream(s3_prefix[len("s3://"):] + "from-arrow.bin") as f:
         f.write(b"written by pyarrow")
     assert storage.read_bytes(s3_prefix + "from-arrow.bin") == b"written by pyarrow"
+    # Ray and Tune pickle the filesystem into their stored state: no key may be in it
+    import pickle
+
+    state = pickle.dumps(fs)
+    assert s3_env.secret_key.encode() not in state and s3_env.access_key.encode() not in state
 
 
 # -------------------------------------------------------------------------------- LocalCache
