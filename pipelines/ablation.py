@@ -35,7 +35,7 @@ import numpy as np
 from arinv.config import AblationConfig, ConfigError, build, flatten, to_dict, validate
 from arinv.data import storage
 from arinv.experiments import fig_a2
-from pipelines.autoencoders import encoder_column, load_pair, local_file
+from pipelines.autoencoders import load_pair, local_file
 from pipelines.errors import ModelNotFound, RegistryError
 from pipelines.trainer import Launch
 
@@ -98,6 +98,7 @@ def _measure(ab: AblationConfig, ctx: dict, criterion: str, column: str, run_id:
     enc_file = local_file(ref, "encoder", uri, cache)
     t0 = time.perf_counter()
     row = {"criterion": criterion, "column": column, "encoder": ref, "trial_run": run_id}
+    x = held_out(ctx["shards"], ab.images, ctx["resolution"])
     if criterion == "ri":
         from arinv.inversion import invert_by_optimisation
         from arinv.models.load import load_encoder
@@ -106,7 +107,6 @@ def _measure(ab: AblationConfig, ctx: dict, criterion: str, column: str, run_id:
 
         encoder, _ = load_encoder(enc_file, resolve_device("auto"))
         encoder = freeze(encoder)
-        x = held_out(ctx["shards"], ab.images, ctx["resolution"])
         p = next(encoder.parameters())
         with torch.no_grad():
             target = encoder.features(x.to(p.device), ctx["layer"])
@@ -129,7 +129,6 @@ def _measure(ab: AblationConfig, ctx: dict, criterion: str, column: str, run_id:
         gen = train_generator(cfg, launch)
         gen_file = local_file(gen["stored_checkpoint"], "generator", uri, cache)
         encoder, generator, tap, _, _ = load_pair(enc_file, gen_file)
-        x = held_out(ctx["shards"], ab.images, ctx["resolution"])
         recon = reconstruct(generator, encoder, x, tap)
         row["generator_run"] = gen["run_id"]
     row.update(quality(recon, x), n=len(x), seconds=time.perf_counter() - t0,
@@ -153,15 +152,18 @@ def _npy(images) -> bytes:
 
 def fetch_encoders(ab: AblationConfig, tracking_uri: str, cache: str | None
                    ) -> tuple[dict, list[str]]:
-    """({column: (reference, local file, stored config)}, [why each missing one is
+    """({column: (reference, encoder, its stored config)}, [why each missing one is
     missing]); a reference of another kind is refused here, naming it."""
+    from arinv.models.load import load_encoder
+
     found, missing = {}, []
     for column in fig_a2.COLUMNS:
         ref = getattr(ab, column)
         if ref is None:
             continue
         try:
-            found[column] = (ref, *encoder_column(ref, tracking_uri, cache))
+            found[column] = (ref, *load_encoder(local_file(ref, "encoder", tracking_uri,
+                                                           cache)))
         except ModelNotFound as e:
             missing.append(str(e).split("; ")[0])
         except RegistryError as e:
@@ -175,24 +177,20 @@ def plan(ab: AblationConfig, run: Launch, encoders: dict) -> dict:
     its architecture is the one the generator preset inverts; every trial's config; the data
     and the resolution."""
     from arinv.experiments.table_a1 import check_robustness
-    from arinv.models.load import load_encoder
     from pipelines.trainer import shard_sets
 
     full = fig_a2.full_config(ab)
-    if any(k in fig_a2.TRAINED for k in ab.criteria):
-        fig_a2.criterion_config(full, fig_a2.TRAINED[-1])  # the preset is the full criterion
     want = (full.encoder.name, full.encoder.layer)
     resolution = full.resolution
-    for column, (ref, path, cfg) in encoders.items():
+    for column, (ref, model, cfg) in encoders.items():
         check_robustness(column, cfg.attack, ref)
-        model, _ = load_encoder(path)
         if model.arch["name"] != want[0]:
             raise ConfigError(f"{column}: {ref} holds a {model.arch['name']} encoder; the "
                               f"generator preset {ab.generator!r} inverts {want[0]}.{want[1]} "
                               f"(give a {want[0]} encoder, or a preset for "
                               f"{model.arch['name']})")
         resolution = resolution or model.input_size
-    cells = fig_a2.cells(ab)
+    cells = fig_a2.cells(ab)  # each trained criterion's config: the preset must be the full one
     cfgs = [fig_a2.generator_config(ab, c["criterion"], c["column"], None) for c in cells
             if c["criterion"] in fig_a2.TRAINED] or [full]
     shards = ab.shards or shard_sets(full, run)

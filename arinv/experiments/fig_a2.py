@@ -19,13 +19,15 @@ import csv
 import dataclasses
 import io
 import math
+import typing
 
 import torch
 
-from arinv.config import AblationConfig, ConfigError, GeneratorTrainConfig, load_config, validate
+from arinv.config import (AblationConfig, ConfigError, Criterion, GeneratorTrainConfig,
+                          load_config, validate)
 
 COLUMNS = ("standard", "robust")
-CRITERIA = ("pixel", "pixel_feat", "pixel_feat_gan", "ri")
+CRITERIA = typing.get_args(Criterion)  # the figure's order: pixel, + feature, + GAN, RI
 LABELS = {"pixel": "Pixel", "pixel_feat": "Pixel + feature",
           "pixel_feat_gan": "Pixel + feature + GAN", "ri": "RI (optimisation)"}
 METRICS = (("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"))
