@@ -418,12 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     from arinv.data.shards import ShardError
     from arinv.data.sources import SourceError
     from arinv.data.storage import StorageError
-    from pipelines.errors import RegistryError, TrackingUnreachable
+    from pipelines.errors import RegistryError, TrackingRefused, TrackingUnreachable
 
     try:
         return _COMMANDS[args.command](args) or 0
     except (ConfigError, CheckpointError, SourceError, ShardError, BetonError, StorageError,
-            RegistryError, TrackingUnreachable) as e:
+            RegistryError, TrackingUnreachable, TrackingRefused) as e:
         print(f"arinv {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -71,8 +71,13 @@ def load_columns(files: dict, device) -> dict:
 def evaluation_images(cfg: ScaleConfig, workdir: Path, resolution: int, progress: bool):
     """The first ``cfg.images`` images of ``cfg.data`` as float [0, 1] (resized and
     centre-cropped to ``resolution``), and the shard set they came from."""
-    from arinv.data.reader import (ShardBatches, has_manifest, image_folder_shards, join,
-                                   write_sample_shards)
+    from arinv.data.reader import (
+        ShardBatches,
+        has_manifest,
+        image_folder_shards,
+        join,
+        write_sample_shards,
+    )
     from arinv.train.run import collect
 
     if cfg.data is None:

@@ -208,10 +208,11 @@ def run_sweep(sw: SweepConfig, run: Launch) -> dict:
     if storage.is_s3(run.storage_path):
         storage.check_access(run.storage_path, write=True)
     _check_relaunch(sw, run)
+    uri = run.tracking()  # the server answers our credentials: before Ray starts
     if sw.search is not None:  # an unknown registry URI or missing file fails here
         from pipelines.registry import encoder_file
 
-        encoder_file(cfgs[0], run.tracking(), run.model_cache)
+        encoder_file(cfgs[0], uri, run.model_cache)
     first = cfgs[0][0] if isinstance(cfgs[0], tuple) else cfgs[0]
     if sw.shards is None:  # the bundled sample set (written before Ray starts)
         sw = dataclasses.replace(sw, shards=shard_sets(first, run))

@@ -31,7 +31,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # no public equivalent
 
 from arinv.config import ConfigError
-from pipelines.errors import TrackingUnreachable  # noqa: F401  (raised here, caught by the CLI)
+from pipelines.errors import (  # noqa: F401  (raised here, caught by the CLI)
+    TrackingRefused,
+    TrackingUnreachable,
+)
 
 RUN_KEY_TAG = "arinv.run_key"
 KIND_TAG = "arinv.kind"
@@ -102,8 +105,26 @@ def is_unreachable(e: BaseException) -> bool:
     return False
 
 
+_CHECKED: set = set()  # tracking URIs this process reached with its credentials
+
+
+def check_access(tracking_uri: str) -> str:
+    """``tracking_uri`` once an MLflow server there answered a read with this process's
+    credentials (once per URI and process; nothing to check for a database URI). Called before
+    a command starts Ray, so that a server that is down (TrackingUnreachable) or refuses the
+    credentials (TrackingRefused) fails it at once, not after the cluster started."""
+    if tracking_uri in _CHECKED or not tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    with _explain_unreachable(tracking_uri, "checking access"):
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    _CHECKED.add(tracking_uri)
+    return tracking_uri
+
+
 @contextmanager
 def _explain_unreachable(tracking_uri: str, doing: str):
+    """Turns a failed connection into TrackingUnreachable and a 401 / 403 answer into
+    TrackingRefused, both naming the server and what to do."""
     try:
         yield
     except Exception as e:
@@ -112,6 +133,20 @@ def _explain_unreachable(tracking_uri: str, doing: str):
                 f"MLflow tracking server {tracking_uri} unreachable while {doing} ({_short(e)}). "
                 "Start it, or point MLFLOW_TRACKING_URI / the tracking_uri argument at a running "
                 "one.") from e
+        code = getattr(e, "error_code", None)
+        if code == "UNAUTHENTICATED":
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise TrackingRefused(
+                f"MLflow tracking server {tracking_uri} refused the request while {doing}: not "
+                "authenticated (401). " + (
+                    f"The password in MLFLOW_TRACKING_PASSWORD is wrong for user {who!r}."
+                    if who else "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                    "(for infra/local/stack.sh: source .stack/stack.env).")) from e
+        if code == "PERMISSION_DENIED":
+            raise TrackingRefused(
+                f"MLflow tracking server {tracking_uri} refused the request while {doing}: user "
+                f"{os.environ.get('MLFLOW_TRACKING_USERNAME')!r} lacks permission (403); ask "
+                "the server's admin for it, or use another experiment") from e
         raise
 
 

@@ -55,9 +55,12 @@ class Launch:
             self.storage_path = str(Path(self.storage_path).expanduser().resolve())
 
     def tracking(self) -> str:
-        from pipelines.tracking import checked_uri, default_tracking_uri
+        """The tracking URI, checked: no password in it, the server answering this process's
+        credentials (``tracking.check_access``: call it before Ray starts)."""
+        from pipelines.tracking import check_access, checked_uri, default_tracking_uri
 
-        return checked_uri(self.tracking_uri) if self.tracking_uri else default_tracking_uri()
+        return check_access(checked_uri(self.tracking_uri) if self.tracking_uri
+                            else default_tracking_uri())
 
     def run_key(self, name: str) -> str:
         return f"{self.storage_path.rstrip('/')}/{name}"
@@ -300,8 +303,8 @@ def launch(task, launch: Launch) -> dict:
         return _reuse(finished, task, launch, name)
     root = shard_sets(cfg, launch).rstrip("/")  # may fork shard writers: before Ray starts
     task.check_classes(load_manifest(f"{root}/train")["classes"], f"shard set {root}/train")
-    init_ray(launch.address, sc)
     uri = launch.tracking()
+    init_ray(launch.address, sc)
     run_id = tracking.find_or_create_run(
         uri, launch.experiment, launch.run_key(name), run_name=name,
         tags={"arinv.kind": task.kind, "arinv.preset": cfg.name, **launch.extra_tags})
