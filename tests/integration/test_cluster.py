@@ -63,9 +63,8 @@ def two_nodes(s3_server, tmp_path_factory):
     """A head and a worker node of 2 CPUs each, started with the S3 server's settings and a
     shard and model cache of their own (nodes inherit the environment they start in), and
     this process connected to it until the module ends."""
-    from ray.cluster_utils import Cluster
-
     from aws_settings import point_aws_at
+    from ray.cluster_utils import Cluster
 
     with pytest.MonkeyPatch.context() as mp:
         point_aws_at(s3_server, mp, tmp_path_factory)
@@ -81,55 +80,14 @@ def two_nodes(s3_server, tmp_path_factory):
             cluster.shutdown()
 
 
-def test_two_node_cluster_s3_storage_and_mlflow_server(two_nodes, s3_env, s3_prefix,
-                                                       mlflow_server, tmp_path, monkeypatch):
-    from arinv.config import EncoderTrainConfig, load_config
-    from arinv.data import storage
-    from pipelines.train_encoder import train_encoder
-    from arinv.data.reader import write_sample_shards
-    from pipelines.trainer import Launch
-
-    local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
-    shards = s3_prefix + "shards"
-    for split in ("train", "val"):
-        storage.upload_dir(local / split, f"{shards}/{split}")
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    cfg = load_config(EncoderTrainConfig, "tiny-sample-robust", [
-        f"data.shards={shards}", "data.train_per_class=8", "data.val_per_class=4",
-        "optim.batch_size=8", "optim.epochs=2", "attack.steps=2", "eval.every=1",
-        "eval.pgd_steps=2", "eval.images=16", "eval.epoch_images=8",
-        "eval.pgd_eps=[0.5]", "scaling.num_workers=2", "scaling.cpus_per_worker=1"])
-    run = Launch(workdir=tmp_path / "w", storage_path=s3_prefix + "ray",
-                 tracking_uri=mlflow_server.uri, experiment="cluster", alias="cluster",
-                 progress=False, model_cache=str(tmp_path / "models"))
-    r = train_encoder(cfg, run)
-    # checkpoints went to S3, not to a node's disk
-    keys = storage.list_prefix(s3_prefix + "ray/")
-    assert any(k.endswith("/state.pt") for k in keys), keys[:5]
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    run_data = client.get_run(r["run_id"]).data
-    assert run_data.params["data.shards"] == shards
-    assert {m.step for m in client.get_metric_history(r["run_id"], "adv_loss")} == {1, 2}
-    assert {m.value for m in client.get_metric_history(r["run_id"], "images")} == {64.0}
-    # artifacts went through the server to S3
-    art = storage.list_prefix(f"s3://{mlflow_server.bucket}/{mlflow_server.artifacts_prefix}/")
-    assert any(k.endswith("report.json") for k in art)
-    mv = client.get_model_version_by_alias("arinv-alexnet_small", "cluster")
-    assert mv.status == "READY" and r["version"] == int(mv.version)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    model = mlflow.pyfunc.load_model("models:/arinv-alexnet_small@cluster")
-    logits = model.predict(np.zeros((2, 3, 128, 128), np.float32))["logits"]
-    assert np.asarray(logits).shape == (2, 8)
-
-
 def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(two_nodes, s3_env, s3_prefix,
                                                              mlflow_server, tmp_path):
     """A Table A3 sweep as a cluster runs it: Tune experiment and Ray Train checkpoints on S3
     (the generator reads its encoder from there), runs and registry on the MLflow server."""
     from arinv.config import SweepConfig, load_config
     from arinv.data import storage
-    from pipelines.sweep import run_sweep
     from arinv.data.reader import write_sample_shards
+    from pipelines.sweep import run_sweep
     from pipelines.trainer import Launch
 
     local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
