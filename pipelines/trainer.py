@@ -69,6 +69,24 @@ class Launch:
 # ----------------------------------------------------------------------------- driver
 
 
+def warn_if_short_of_cpus(address: str, scaling, runs: int = 1) -> None:
+    """On a connected cluster: a RuntimeWarning when ``runs`` training runs' workers would take
+    every CPU it has now, leaving none for the data stream's read tasks (which then wait for
+    ever unless an autoscaler adds nodes)."""
+    import ray
+
+    need = runs * scaling.num_workers * scaling.cpus_per_worker
+    have = ray.cluster_resources().get("CPU", 0)
+    if need and have < need + 1:
+        warnings.warn(
+            f"the Ray cluster at {address} has {have:g} CPUs now; {runs} run(s) of "
+            f"scaling.num_workers={scaling.num_workers} x scaling.cpus_per_worker="
+            f"{scaling.cpus_per_worker} take {need:g} and the data stream needs at least one "
+            "more. Unless the autoscaler adds nodes, training waits for ever: lower "
+            "scaling.cpus_per_worker / num_workers or give the cluster more CPUs",
+            RuntimeWarning, stacklevel=3)
+
+
 def init_ray(address: str | None, scaling, runs: int = 1) -> None:
     """Connect to ``address`` / $RAY_ADDRESS, or start a local cluster whose logical CPUs leave
     the machine's cores to the data stream after ``runs`` concurrent runs' training workers
@@ -79,10 +97,11 @@ def init_ray(address: str | None, scaling, runs: int = 1) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    need = runs * scaling.num_workers * scaling.cpus_per_worker
     if address:
         ray.init(address=address, log_to_driver=True)
+        warn_if_short_of_cpus(address, scaling, runs)
         return
-    need = runs * scaling.num_workers * scaling.cpus_per_worker
     ray.init(num_cpus=int((os.cpu_count() or 1) + need + 0.999), include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)
 
@@ -408,7 +427,9 @@ class RayBackend:
         self.progress, self.skipped = config["progress"], 0
         from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = self.progress and self.rank == 0
+        # the loop's own epoch bar is the one bar of this stage: Ray Data's bars, re-printed by
+        # the driver's log stream at every refresh, would bury it (and a submitted job's output)
+        DataContext.get_current().enable_progress_bars = False
         # mlflow 3.17's sqlite store trips a sqlalchemy deprecation warning in every process
         warnings.filterwarnings("ignore", message=".*noload.*")
         self.log = None

@@ -65,6 +65,7 @@ ensure_venv() {
   if [ "$(cat "$VENV/.arinv-stamp" 2>/dev/null)" = "$stamp" ]; then
     return 0
   fi
+  ensure_apt_packages   # ffcv compiles against them, whichever script asked for the venv
   log "installing arinv and its dependencies into $VENV (first run: a few minutes)"
   PIP_LOG=$VENV/.arinv-pip.log
   : > "$PIP_LOG"

@@ -28,7 +28,8 @@ Contracts:
   it leaves the data and the secrets for the next ``up`` (``--purge`` deletes the folder).
 * Ports: ``ARINV_STACK_<S3|POSTGRES|MLFLOW|RAY|DASHBOARD>_PORT`` (defaults below); ``up``
   refuses a port already in use, naming it and the variable to change. Ray's internal ports
-  are picked free at ``up``. ``ARINV_STACK_RAY_CPUS`` sets the head's CPUs (default: all).
+  are picked free at ``up``. ``ARINV_STACK_RAY_CPUS`` sets the head's logical CPUs (default:
+  twice the cores, at least 4; see ``default_cpus``).
 
 moto checks no S3 signatures: S3 access keys here are placeholders (real S3 checks them).
 """
@@ -373,6 +374,13 @@ def start_mlflow(state: Path, sec: dict) -> dict:
                  env, state / "mlflow.log")
 
 
+def default_cpus() -> int:
+    """Twice the cores, at least 4 logical CPUs, as a local run's cluster has: the presets'
+    training workers take whole cores (tiny-sample-*: 2), and the data stream's read tasks need
+    CPUs left over, or they wait for ever."""
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
 def start_ray(state: Path, sec: dict) -> dict:
     env = base_env() | client_env(state, sec)
     for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
@@ -386,8 +394,7 @@ def start_ray(state: Path, sec: dict) -> dict:
                  "--dashboard-agent-grpc-port", "--metrics-export-port",
                  "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
         cmd += [flag, str(free_port())]
-    if os.environ.get("ARINV_STACK_RAY_CPUS"):
-        cmd += ["--num-cpus", os.environ["ARINV_STACK_RAY_CPUS"]]
+    cmd += ["--num-cpus", os.environ.get("ARINV_STACK_RAY_CPUS") or str(default_cpus())]
     return spawn(cmd, env, state / "ray.log")
 
 

@@ -143,20 +143,32 @@ FINAL = {"final_clean_acc", "final_pgd_acc_eps0.5"}
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_one_loop_behaves_the_same_under_both_backends(backend, ray_cluster, shards, tmp_path):
     """The same tiny config through the one loop locally and on Ray Train: same checkpoint
-    contents and history fields, the evaluation cadence honoured, a relaunch with more epochs
-    resumes at the right epoch, and a relaunch with another architecture is refused."""
+    contents and history fields, the evaluation cadence honoured; runtime.deterministic (ordered,
+    seeded stream; deterministic kernels): two fresh runs end with the same weights and metrics
+    (all but the timings); a relaunch with more epochs resumes at the right epoch, and a
+    relaunch with another architecture is refused."""
     from arinv.checkpoint import CheckpointError
     from arinv.train.local import fit_local
     from pipelines.train_encoder import train_encoder
 
-    def fit(*extra):
-        cfg = encoder_cfg(shards, "eval.every=3", *extra, preset="tiny-sample-standard")
+    def fit(*extra, workdir="w"):
+        cfg = encoder_cfg(shards, "eval.every=3", "runtime.deterministic=true", *extra,
+                          preset="tiny-sample-standard")
         if backend == "local":
-            return fit_local(cfg, tmp_path / "w", progress=False)
-        return train_encoder(cfg, Launch(workdir=tmp_path / "w", register=False, progress=False,
+            return fit_local(cfg, tmp_path / workdir, progress=False)
+        return train_encoder(cfg, Launch(workdir=tmp_path / workdir, register=False,
+                                         progress=False,
                                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
 
     first = torch.load(fit("optim.epochs=2")["checkpoint"], weights_only=True)
+    twin = torch.load(fit("optim.epochs=2", workdir="twin")["checkpoint"], weights_only=True)
+    timing = {"images_per_s", "data_wait_share"}
+    a, b = ([{k: v for k, v in h.items() if k not in timing} for h in s["progress"]["history"]]
+            for s in (first, twin))
+    assert a == b and len(a) == 2 and "val_pgd_acc_eps0.5" in a[-1]
+    for k, w in first["state"]["model"].items():
+        assert torch.equal(w, twin["state"]["model"][k]), k
+
     r = fit("optim.epochs=3")
     state = torch.load(r["checkpoint"], weights_only=True)
     assert set(state["state"]) == {"model", "optimizer", "scheduler"}
@@ -169,25 +181,20 @@ def test_one_loop_behaves_the_same_under_both_backends(backend, ray_cluster, sha
         fit("optim.epochs=4", "encoder.name=resnet18_cifar_small", "encoder.resolution=32")
 
 
-def test_deterministic_runs_give_identical_metrics_and_weights(ray_cluster, shards, tmp_path):
-    """runtime.deterministic: two runs of the same config through Ray Train (ordered, seeded
-    stream; deterministic kernels) end with the same weights and the same metrics (all but
-    the timings)."""
-    from pipelines.train_encoder import train_encoder
+def test_a_cluster_without_cpus_for_the_data_stream_warns(ray_cluster):
+    """A connected cluster (6 CPUs here) whose CPUs the training workers would all take: the
+    data stream's read tasks would wait for ever, so the start warns, naming the fields."""
+    from types import SimpleNamespace
 
-    cfg = encoder_cfg(shards, "optim.epochs=2", "runtime.deterministic=true")
-    states = []
-    for i in range(2):
-        r = train_encoder(cfg, Launch(workdir=tmp_path / f"run{i}", register=False,
-                                      progress=False,
-                                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
-        states.append(torch.load(r["checkpoint"], weights_only=True))
-    timing = {"images_per_s", "data_wait_share"}
-    a, b = ([{k: v for k, v in h.items() if k not in timing} for h in s["progress"]["history"]]
-            for s in states)
-    assert a == b and len(a) == 2 and "val_pgd_acc_eps0.5" in a[-1]
-    for k, w in states[0]["state"]["model"].items():
-        assert torch.equal(w, states[1]["state"]["model"][k]), k
+    from pipelines.trainer import warn_if_short_of_cpus
+
+    with pytest.warns(RuntimeWarning, match=r"scaling.cpus_per_worker=3 take 6"):
+        warn_if_short_of_cpus("ray://head", SimpleNamespace(num_workers=2, cpus_per_worker=3))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_short_of_cpus("ray://head", SimpleNamespace(num_workers=2, cpus_per_worker=2))
 
 
 def test_config_errors_before_ray_work(shards, tmp_path):
