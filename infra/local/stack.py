@@ -210,10 +210,21 @@ def port_free(p: int) -> bool:
             return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int, avoid: set[int]) -> list[int]:
+    """``n`` distinct free ports, none in ``avoid`` (the configured ones: a port picked here
+    and released may be handed out again, so every socket stays bound until all are picked)."""
+    held, out = [], []
+    try:
+        while len(out) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            if (p := s.getsockname()[1]) not in avoid:
+                out.append(p)
+    finally:
+        for s in held:
+            s.close()
+    return out
 
 
 def http_status(url: str, headers: dict | None = None) -> int:
@@ -390,10 +401,11 @@ def start_ray(state: Path, sec: dict) -> dict:
            "--port", str(port("ray")),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(port("dashboard")),
            "--temp-dir", str(state / "ray"), "--disable-usage-stats"]
-    for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
-                 "--dashboard-agent-grpc-port", "--metrics-export-port",
-                 "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
-        cmd += [flag, str(free_port())]
+    flags = ("--ray-client-server-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
+             "--node-manager-port", "--object-manager-port")
+    for flag, p in zip(flags, free_ports(len(flags), {port(n) for n in PORTS}), strict=True):
+        cmd += [flag, str(p)]
     cmd += ["--num-cpus", os.environ.get("ARINV_STACK_RAY_CPUS") or str(default_cpus())]
     return spawn(cmd, env, state / "ray.log")
 

@@ -253,7 +253,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, shards, tmp_path
     from pipelines.train_encoder import train_encoder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = encoder_cfg(shards, "optim.epochs=3", "scaling.num_workers=2", "eval.every=0",
+    cfg = encoder_cfg(shards, "optim.epochs=2", "scaling.num_workers=2", "eval.every=0",
                       preset="tiny-sample-standard")
     run = Launch(workdir=tmp_path / "w", tracking_uri=uri, register=False, progress=False)
     box = {}
@@ -277,7 +277,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, shards, tmp_path
 
     state = torch.load(Path(box["r"]["checkpoint"]), weights_only=True)
     epochs = [h["epoch"] for h in state["progress"]["history"]]
-    assert epochs == [1, 2, 3]  # each planned epoch exactly once
+    assert epochs == [1, 2]  # each planned epoch exactly once
     assert all(h["images"] == 64 for h in state["progress"]["history"])
     assert run_ids(uri) == [hist["run_id"]]  # the retried worker group kept the one MLflow run
 
@@ -286,7 +286,7 @@ def test_relaunch_after_the_driver_dies_resumes(ray_cluster, shards, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ray"
     cmd = [sys.executable, "-m", "pipelines.train_encoder", "--config", "tiny-sample-standard",
-           *[a for o in [*TOY, f"data.shards={shards}", "optim.epochs=3", "eval.every=0"]
+           *[a for o in [*TOY, f"data.shards={shards}", "optim.epochs=2", "eval.every=0"]
              for a in ("--set", o)],
            "--workdir", str(tmp_path / "w"), "--storage-path", str(storage),
            "--tracking-uri", uri, "--no-register", "--no-progress", "--address", ray_cluster]
@@ -307,7 +307,7 @@ def test_relaunch_after_the_driver_dies_resumes(ray_cluster, shards, tmp_path):
 
     state = torch.load(tmp_path / "w" / "final" / "state.pt", weights_only=True)
     epochs = [h["epoch"] for h in state["progress"]["history"]]
-    assert epochs == [1, 2, 3] and len(done) >= 1
+    assert epochs == [1, 2] and len(done) >= 1
     assert len(run_ids(uri)) == 1
 
 

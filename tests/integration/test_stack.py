@@ -27,10 +27,15 @@ STACK = ROOT / "infra" / "local" / "stack.sh"
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _free_ports(n: int) -> list[int]:
+    """Distinct free ports (each socket held until all are picked, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def _sh(args, env, timeout=300, check=True) -> subprocess.CompletedProcess:
@@ -68,8 +73,8 @@ def stack():
             if not k.startswith(("MLFLOW_", "AWS_", "RAY_", "ARINV_"))}
     base.update(ARINV_STACK_DIR=str(state), ARINV_STACK_PYTHON=sys.executable,
                 HOME=str(state / "home"),  # no ~/.ray token found
-                **{f"ARINV_STACK_{n}_PORT": str(_free_port())
-                   for n in ("S3", "POSTGRES", "MLFLOW", "RAY", "DASHBOARD")})
+                **{f"ARINV_STACK_{n}_PORT": str(p) for n, p in zip(
+                    ("S3", "POSTGRES", "MLFLOW", "RAY", "DASHBOARD"), _free_ports(5))})
     (state / "home").mkdir()
     up = _sh(["bash", str(STACK), "up"], base, timeout=300, check=False)
     try:
@@ -106,13 +111,25 @@ def test_stack_up_refuses_without_credentials_and_runs_a_submitted_job(stack, mo
     st = _sh(["bash", str(STACK), "status"], stack["base"])
     assert st.stdout.count("up (pid") == 4, st.stdout
 
-    # Ray: the Jobs API refuses a client without the token, and one with a wrong token
+    # the toy encoder training, submitted with the real CLI and the project as working dir;
+    # the job needs no credential of its own (the head's environment has them)
+    submit = [RAY, "job", "submit", "--working-dir", str(ROOT), "--runtime-env-json",
+              json.dumps({"excludes": [".venv", ".git", "runs", ".stack", "*.beton"]}), "--",
+              "python", "-m", "pipelines.train_encoder", "--config", "tiny-sample-standard",
+              *[a for kv in ("data.train_per_class=4", "data.val_per_class=2",
+                             "optim.batch_size=8", "optim.epochs=1", "eval.every=1",
+                             "eval.pgd_steps=1", "eval.images=8", "eval.epoch_images=8",
+                             "eval.pgd_eps=[0.5]", "scaling.cpus_per_worker=1")
+                for a in ("--set", kv)],
+              "--storage-path", env["ARINV_STORAGE"], "--experiment", "stack-e2e",
+              "--alias", "e2e", "--no-progress"]
+    # Ray: the same submission is refused without the token, and with a wrong one
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    out = _sh([RAY, "job", "list"], no_token, timeout=60, check=False)
+    out = _sh(submit, no_token, timeout=60, check=False)
     assert out.returncode != 0 and "Missing authentication token" in out.stdout + out.stderr
     (state / "home" / "wrong").write_text("0" * 64)
-    out = _sh([RAY, "job", "list"], env | {"RAY_AUTH_TOKEN_PATH": str(state / "home/wrong")},
-              timeout=60, check=False)
+    out = _sh(submit, env | {"RAY_AUTH_TOKEN_PATH": str(state / "home/wrong")}, timeout=60,
+              check=False)
     assert out.returncode != 0 and "invalid or incorrect" in out.stdout + out.stderr
     # MLflow: 401 without credentials or with a wrong password; the pipelines say what to set
     api = env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -128,18 +145,7 @@ def test_stack_up_refuses_without_credentials_and_runs_a_submitted_job(stack, mo
     with pytest.raises(TrackingRefused, match="Set MLFLOW_TRACKING_USERNAME"):
         check_access(env["MLFLOW_TRACKING_URI"])
 
-    # the toy encoder training, submitted with the real CLI and the project as working dir;
-    # the job needs no credential of its own (the head's environment has them)
-    job = _sh([RAY, "job", "submit", "--working-dir", str(ROOT), "--runtime-env-json",
-               json.dumps({"excludes": [".venv", ".git", "runs", ".stack", "*.beton"]}), "--",
-               "python", "-m", "pipelines.train_encoder", "--config", "tiny-sample-standard",
-               *[a for kv in ("data.train_per_class=4", "data.val_per_class=2",
-                              "optim.batch_size=8", "optim.epochs=1", "eval.every=1",
-                              "eval.pgd_steps=1", "eval.images=8", "eval.epoch_images=8",
-                              "eval.pgd_eps=[0.5]", "scaling.cpus_per_worker=1")
-                 for a in ("--set", kv)],
-               "--storage-path", env["ARINV_STORAGE"], "--experiment", "stack-e2e",
-               "--alias", "e2e", "--no-progress"], env, timeout=420)
+    job = _sh(submit, env, timeout=420)
     assert "succeeded" in job.stdout + job.stderr
 
     import mlflow
