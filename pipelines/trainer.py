@@ -97,11 +97,11 @@ def init_ray(address: str | None, scaling, runs: int = 1) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    need = runs * scaling.num_workers * scaling.cpus_per_worker
     if address:
         ray.init(address=address, log_to_driver=True)
         warn_if_short_of_cpus(address, scaling, runs)
         return
+    need = runs * scaling.num_workers * scaling.cpus_per_worker
     ray.init(num_cpus=int((os.cpu_count() or 1) + need + 0.999), include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)
 
