@@ -240,11 +240,11 @@ def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
     return (str(found[-1]), found[-1].read_bytes()) if found else None
 
 
-def check_resume(storage_path: str, name: str, *, task) -> str | None:
+def check_resume(storage_path: str, name: str, *, task) -> tuple[str, int, bool] | None:
     """Refuse, before any worker starts, a run whose storage holds a checkpoint of another
     kind, architecture or incompatible config (a worker would fail on it max_failures times).
-    Returns the checkpoint directory of a finished run (its last epoch and result files are
-    there: nothing to train), else None."""
+    Returns None for a new run, else ``(checkpoint directory, its epoch, finished)``; finished:
+    its last epoch and result files are there, nothing to train."""
     import io
 
     found = latest_state(storage_path, name)
@@ -262,9 +262,9 @@ def check_resume(storage_path: str, name: str, *, task) -> str | None:
     check_arch(where, payload["arch"], task.arch)
     check_resumable(where, flatten(stored(task.cls, payload["config"])), flatten(task.cfg))
     folder = where.rsplit("/", 1)[0]
-    done = payload["progress"]["epoch"] >= task.epochs and all(
-        storage.exists(f"{folder}/{f}") for f in task.final_files)
-    return folder if done else None
+    epoch = int(payload["progress"]["epoch"])
+    done = epoch >= task.epochs and all(storage.exists(f"{folder}/{f}") for f in task.final_files)
+    return folder, epoch, done
 
 
 def stored_after(storage_path: str | None, name: str | None, recorded: str | None) -> str | None:
@@ -317,9 +317,12 @@ def launch(task, launch: Launch) -> dict:
     name = launch.run_name or cfg.name
     if storage.is_s3(launch.storage_path):
         storage.check_access(launch.storage_path, write=True)
-    finished = check_resume(launch.storage_path, name, task=task)
-    if finished is not None:
-        return _reuse(finished, task, launch, name)
+    found = check_resume(launch.storage_path, name, task=task)
+    if found is not None and found[2]:
+        return _reuse(found[0], task, launch, name)
+    if found is not None:  # said by the driver: the workers' own line stays in their logs
+        print(f"{name}: resuming after epoch {found[1]}/{task.epochs} from {found[0]}",
+              flush=True)
     root = shard_sets(cfg, launch).rstrip("/")  # may fork shard writers: before Ray starts
     task.check_classes(load_manifest(f"{root}/train")["classes"], f"shard set {root}/train")
     uri = launch.tracking()
@@ -511,6 +514,17 @@ class RayBackend:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         self.log.log_metrics(metrics, step=step)
+
+    def logged_steps(self, key: str) -> set[int] | None:
+        import mlflow
+
+        try:
+            client = mlflow.MlflowClient(self.config["tracking_uri"])
+            return {m.step for m in client.get_metric_history(self.config["run_id"], key)}
+        except Exception as e:  # noqa: BLE001 - an unreachable store: nothing to compare with
+            warnings.warn(f"cannot read metric {key!r} of run {self.config['run_id']} from "
+                          f"the tracking store ({e}); epochs it lost are not logged again")
+            return None
 
     def log_files(self, files: dict[str, bytes], folder: str) -> None:
         with tempfile.TemporaryDirectory() as d:

@@ -81,6 +81,13 @@ class LocalBackend:
         with open(self.workdir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
+    def logged_steps(self, key: str) -> set[int]:
+        f = self.workdir / "metrics.jsonl"
+        if not f.is_file():
+            return set()
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        return {r["step"] for r in rows if key in r}
+
     def log_files(self, files: dict[str, bytes], folder: str) -> None:
         for name, data in files.items():
             path = self.workdir / folder / name

@@ -17,6 +17,10 @@ A backend supplies:
   ``save(epoch, write, metrics)``: ``write(dir)`` fills a directory that becomes the latest
   checkpoint (every rank calls ``save``; only rank 0 writes);
 - ``log_metrics(metrics, step)``, ``log_files(files, folder)`` (rank 0);
+- ``logged_steps(key)``: the steps of metric ``key`` the tracking store already holds (None
+  where it cannot tell). On resume, rank 0 logs again each checkpointed epoch whose metrics
+  the store lacks: logging may be asynchronous, so a process killed after its checkpoint was
+  persisted can take that epoch's metrics with it; the checkpoint's history is the record;
 - ``skipped``: how many stored samples did not decode so far (dropped from their batches;
   each epoch's count is the ``corrupt_samples`` metric).
 """
@@ -47,6 +51,8 @@ def fit(task, backend, *, log=print) -> dict:
     seed_epoch(task, backend, 0)
     modules = task.build(backend.device)
     start, history, files = restore(task, backend, modules, log)
+    if history and backend.rank == 0:
+        backfill(backend, history)
     if start >= task.epochs and all(f in files for f in task.final_files):
         return {"history": history, "files": files, "resumed_from": start}
     micro, accumulate = task.cfg.scaling.accumulation(task.batch_size, backend.world)
@@ -85,6 +91,18 @@ def fit(task, backend, *, log=print) -> dict:
         backend.save(epoch + 1, lambda d: write_checkpoint(d, task, modules, epoch + 1, history,
                                                            kept), metrics)
     return {"history": history, "files": files, "resumed_from": start}
+
+
+def backfill(backend, history: list[dict]) -> None:
+    """Log each epoch of a resumed ``history`` whose metrics the tracking store lacks (judged by
+    a metric every epoch has), so no epoch is missing and none is logged twice."""
+    keys = sorted(set.intersection(*(set(h) for h in history)) - {"epoch"})
+    logged = backend.logged_steps(keys[0]) if keys else None
+    if logged is None:
+        return
+    for h in history:
+        if h["epoch"] not in logged:
+            backend.log_metrics({k: v for k, v in h.items() if k != "epoch"}, h["epoch"])
 
 
 def seed_epoch(task, backend, epoch: int) -> None:

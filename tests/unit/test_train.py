@@ -106,9 +106,15 @@ def _tiny(robust: bool, epochs: int):
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     straight = fit_encoder(_tiny(True, 2), tmp_path / "straight", progress=False)
     fit_encoder(_tiny(True, 1), tmp_path / "resumed", progress=False)
+    # as if the process died after its checkpoint, before epoch 1's metrics were delivered
+    (tmp_path / "resumed" / "metrics.jsonl").unlink()
     logs = []
     resumed = fit_encoder(_tiny(True, 2), tmp_path / "resumed", progress=False, log=logs.append)
     assert any("checkpoint of epoch 1 found: resuming at epoch 2/2" in m for m in logs)
+    import json
+
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]  # epoch 1 logged again, once
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a, _ = load_encoder(straight["checkpoint"])
     b, _ = load_encoder(resumed["checkpoint"])
