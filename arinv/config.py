@@ -388,8 +388,7 @@ class GeneratorTrainConfig:
         from arinv.models import GENERATOR_TAPS
 
         errs = _batch_errors(self.scaling, self.optim.batch_size)
-        if not self.name or "/" in self.name:
-            errs.append(f"name: must be a non-empty run name without '/', got {self.name!r}")
+        errs += _name_errors(self.name)
         pair = GENERATOR_TAPS.get(self.generator.name)
         if pair and pair != (self.encoder.name, self.encoder.layer):
             errs.append(f"generator.name: {self.generator.name} inverts {pair[0]}.{pair[1]}, but "
@@ -397,12 +396,53 @@ class GeneratorTrainConfig:
         if self.loss.gan > 0 and self.generator.discriminator is None:
             errs.append("generator.discriminator: loss.gan > 0 needs a discriminator "
                         "(or set loss.gan=0)")
-        if (self.scaling.num_workers >= 1 and not _batch_errors(self.scaling, self.optim.batch_size)
-                and self.scaling.accumulation(self.optim.batch_size)[1] > 1):
-            errs.append("scaling.micro_batch_size: gradient accumulation is implemented for "
-                        "encoder training only; for a generator set it to optim.batch_size / "
-                        "scaling.num_workers (or null)")
-        return errs
+        return errs + _no_accumulation_errors(self.scaling, self.optim.batch_size, "a generator")
+
+
+@dataclass
+class NoiseConfig:
+    """The corruption a denoiser learns to remove: white Gaussian noise (Sec. A3.2)."""
+
+    sigma: float = 50.0   # standard deviation on the 0-255 scale (the paper's 50/255)
+    clip: bool = True     # clip the noisy image to [0, 1] (the paper's "clipped" noise)
+
+    def check(self) -> list[str]:
+        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma)
+                and 0 < self.sigma <= 255):
+            return [f"sigma: must be in (0, 255] (0-255 scale), got {self.sigma!r}"]
+        return []
+
+
+@dataclass
+class DenoiserTrainConfig:
+    """The wavelet-pooling denoising autoencoder (Sec. A4.3): Table A8's encoder (a trained
+    AlexNet's convolutions, frozen) and Table A9's decoder, trained on noisy images to return
+    the clean ones with pixel + feature losses (the feature loss at ``encoder.layer``)."""
+
+    name: str = "denoiser"
+    encoder: EncoderRef = field(default_factory=EncoderRef)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(pix=2e-6, feat=1e-2, gan=0.0))
+    optim: AdamConfig = field(default_factory=AdamConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    resolution: Optional[int] = None  # default: the encoder's input_size
+    augment: bool = False
+    eval: InversionEvalConfig = field(default_factory=InversionEvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def check(self) -> list[str]:
+        errs = _batch_errors(self.scaling, self.optim.batch_size)
+        errs += _name_errors(self.name)
+        if not self.encoder.name.startswith("alexnet"):
+            errs.append(f"encoder.name: the wavelet denoiser copies an AlexNet's convolutions "
+                        f"(Table A8); got {self.encoder.name}")
+        if self.loss.gan > 0:
+            errs.append("loss.gan: the denoiser trains with pixel + feature losses only "
+                        "(Sec. A4.3): set it to 0")
+        if self.eval.ri_steps:
+            errs.append("eval.ri_steps: the RI baseline inverts features, not noisy images: 0")
+        return errs + _no_accumulation_errors(self.scaling, self.optim.batch_size, "a denoiser")
 
 
 SWEEP_METRICS = {"psnr": "max", "ssim": "max", "lpips": "min"}
@@ -674,6 +714,20 @@ def _table_a3():
     return table_a3
 
 
+def _name_errors(name: str) -> list[str]:
+    return [] if name and "/" not in name else [
+        f"name: must be a non-empty run name without '/', got {name!r}"]
+
+
+def _no_accumulation_errors(scaling: ScalingConfig, batch_size: int, what: str) -> list[str]:
+    if (scaling.num_workers >= 1 and not _batch_errors(scaling, batch_size)
+            and scaling.accumulation(batch_size)[1] > 1):
+        return [f"scaling.micro_batch_size: gradient accumulation is implemented for encoder "
+                f"training only; for {what} set it to optim.batch_size / "
+                "scaling.num_workers (or null)"]
+    return []
+
+
 def _batch_errors(scaling: ScalingConfig, batch_size: int) -> list[str]:
     if scaling.num_workers < 1 or (scaling.micro_batch_size or 1) < 1:
         return []  # reported by ScalingConfig.check
@@ -941,8 +995,8 @@ def load_config(cls, preset_or_path: str | None = None, overrides: list[str] | N
 
 
 def config_class(preset_or_path: str):
-    """EncoderTrainConfig, GeneratorTrainConfig, SweepConfig, AnomalyConfig, ScaleConfig or
-    AblationConfig, from the preset's fields."""
+    """EncoderTrainConfig, GeneratorTrainConfig, DenoiserTrainConfig, SweepConfig,
+    AnomalyConfig, ScaleConfig or AblationConfig, from the preset's fields."""
     data = _read_yaml(resolve_preset(preset_or_path))
     if "criteria" in data:
         return AblationConfig  # Fig. A2: names its encoders, a generator preset and criteria
@@ -952,6 +1006,8 @@ def config_class(preset_or_path: str):
         return AnomalyConfig  # Table A1: names its encoders and a generator preset
     if isinstance(data.get("encoder"), str) or isinstance(data.get("generator"), str):
         return SweepConfig  # a sweep names its encoder and generator presets
+    if "noise" in data:
+        return DenoiserTrainConfig  # the wavelet denoiser: names its noise
     return GeneratorTrainConfig if "generator" in data else EncoderTrainConfig
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from arinv.checkpoint import load_checkpoint, read_checkpoint
-from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, stored
+from arinv.config import DenoiserTrainConfig, EncoderTrainConfig, GeneratorTrainConfig, stored
 from arinv.models import create_encoder, create_generator
 
 
@@ -32,3 +32,20 @@ def load_generator(path: str | Path, device="cpu") -> tuple[torch.nn.Module, Gen
     load_checkpoint(path, kind="generator", arch={**arch, "generator": g.arch},
                     modules={"generator": g}, restore_rng=False)
     return g.to(device).eval(), stored(GeneratorTrainConfig, payload["config"])
+
+
+def load_denoiser(path: str | Path, device="cpu") -> tuple[torch.nn.Module, DenoiserTrainConfig]:
+    """The wavelet denoising autoencoder saved by a denoiser run (its frozen encoder included;
+    eval mode) and its run's config."""
+    from arinv.models.base import IMAGENET_MEAN, IMAGENET_STD, Normalize
+    from arinv.models.denoiser import WaveletAutoencoder, WaveletDecoder, WaveletEncoder
+
+    payload = read_checkpoint(path, "denoiser")
+    arch = payload["arch"]
+    width = arch["denoiser"]["width"]
+    model = WaveletAutoencoder(WaveletEncoder(width, Normalize(IMAGENET_MEAN, IMAGENET_STD)),
+                               WaveletDecoder(width))
+    load_checkpoint(path, kind="denoiser", arch=arch, modules={"generator": model},
+                    restore_rng=False)
+    model.encoder.requires_grad_(False)
+    return model.to(device).eval(), stored(DenoiserTrainConfig, payload["config"])

@@ -81,6 +81,30 @@ def gan_step(
     return out
 
 
+def denoise_step(model: nn.Module, encoder: nn.Module, x: torch.Tensor, noisy: torch.Tensor, *,
+                 layer: str, opt: torch.optim.Optimizer, weights: LossConfig,
+                 autocast=None) -> dict[str, torch.Tensor]:
+    """One update of a denoising autoencoder (Sec. A4.3): ``model(noisy)`` against the clean
+    ``x`` with the pixel and feature losses (features of the frozen ``encoder`` at ``layer``).
+    Returns 0-d tensors ``loss_g``, ``pix``, ``feat`` and ``gan`` (0: no GAN term)."""
+    if encoder.training:
+        raise ValueError("the encoder must be frozen (arinv.train.gan.freeze) before denoise_step")
+    amp = autocast or contextlib.nullcontext()
+    model.train()
+    with torch.no_grad(), amp:
+        f = encoder.features(x, layer)
+    with amp:
+        x_hat = model(noisy)
+        pix = pixel_loss(x_hat.float(), x)
+        feat = feature_loss(encoder.features(x_hat, layer).float(), f.float())
+        loss = weights.pix * pix + weights.feat * feat
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss_g": loss.detach(), "pix": pix.detach(), "feat": feat.detach(),
+            "gan": pix.new_zeros(())}
+
+
 def build_gan_optimizers(generator: nn.Module, discriminator: nn.Module | None, *,
                          lr_g: float = 3e-4, lr_d: float = 1.2e-3,
                          betas: tuple[float, float] = (0.0, 0.9)):

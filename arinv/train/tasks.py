@@ -30,7 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from arinv.checkpoint import CheckpointError
-from arinv.config import ConfigError, EncoderTrainConfig, GeneratorTrainConfig
+from arinv.config import (
+    ConfigError,
+    DenoiserTrainConfig,
+    EncoderTrainConfig,
+    GeneratorTrainConfig,
+)
 from arinv.inversion import invert_by_optimisation
 from arinv.metrics.image import lpips, lpips_available, psnr, ssim
 from arinv.metrics.robustness import epoch_accuracies, robustness_report
@@ -38,7 +43,7 @@ from arinv.models import create_discriminator, create_encoder, create_generator
 from arinv.models.load import load_encoder
 from arinv.viz import image_grid
 
-from .gan import build_gan_optimizers, freeze, gan_step
+from .gan import build_gan_optimizers, denoise_step, freeze, gan_step
 from .runtime import EpochMeter, autocast_for, prepare_batch, prepare_model
 from .steps import adversarial_step, build_optimizer, standard_step
 
@@ -200,12 +205,15 @@ class GeneratorTask:
         bar = tqdm(meter, desc=desc, leave=False, disable=not progress, unit="batch")
         for xb, yb in bar:
             x, _ = prepare_batch(xb, yb, device, cfg.runtime.channels_last)
-            out = gan_step(self.g_net, self.encoder, x, layer=cfg.encoder.layer, opt_g=self.opt_g,
-                           weights=cfg.loss, discriminator=self.d_net, opt_d=self.opt_d,
-                           autocast=self.amp)
-            means = meter.add(out, len(x))
+            means = meter.add(self.step(x), len(x))
             bar.set_postfix(pix=f"{means['pix']:.4g}", feat=f"{means['feat']:.4g}")
         return meter.summary()
+
+    def step(self, x: torch.Tensor) -> dict:
+        cfg = self.cfg
+        return gan_step(self.g_net, self.encoder, x, layer=cfg.encoder.layer, opt_g=self.opt_g,
+                        weights=cfg.loss, discriminator=self.d_net, opt_d=self.opt_d,
+                        autocast=self.amp)
 
     def end_epoch(self) -> dict:
         for s in self.schedules:
@@ -231,7 +239,82 @@ class GeneratorTask:
         return {"quality": json.loads(files[QUALITY])}
 
 
-TASKS = {t.kind: t for t in (EncoderTask, GeneratorTask)}  # a new model kind: a task class here
+class DenoiserTask(GeneratorTask):
+    """The wavelet-pooling denoising autoencoder (``arinv.models.denoiser``): its encoder a
+    frozen copy of the trained AlexNet's convolutions, its decoder trained with ``denoise_step``
+    on images with white Gaussian noise (``cfg.noise``, fresh noise every batch); evaluated by
+    PSNR / SSIM of the denoised held-out images (noise seeded by image index, so every
+    evaluation sees the same noisy images) beside the noisy input's, and a grid (rows: clean,
+    noisy, denoised). The checkpoint's ``generator`` is the whole autoencoder (the frozen
+    encoder too), so it rebuilds without the encoder's file."""
+
+    cls, kind = DenoiserTrainConfig, "denoiser"
+    reduce_keys = ("loss_g", "pix", "feat")
+
+    def __init__(self, cfg: DenoiserTrainConfig, *, encoder_checkpoint=None, log=print):
+        self.cfg, self.name, self.epochs = cfg, cfg.name, cfg.optim.epochs
+        self.batch_size, self.augment = cfg.optim.batch_size, cfg.augment
+        self.encoder = frozen_encoder(cfg, encoder_checkpoint, log)
+        self.resolution = cfg.resolution or self.encoder.input_size
+        self.arch = {"denoiser": denoiser_arch(self.encoder), "encoder": self.encoder.arch}
+        self.eval_every = cfg.eval.every
+        self.eval_images = max(cfg.eval.images, cfg.eval.epoch_images)
+        self.sigma = cfg.noise.sigma / 255
+
+    def build(self, device) -> dict:
+        from arinv.models.denoiser import WaveletAutoencoder
+
+        cfg, o = self.cfg, self.cfg.optim
+        self.amp = autocast_for(device, cfg.runtime.amp)
+        self.encoder = freeze(prepare_model(self.encoder, device, cfg.runtime.channels_last))
+        model = WaveletAutoencoder.from_alexnet(self.encoder)
+        self.generator = prepare_model(model, device, cfg.runtime.channels_last)
+        self.discriminator = self.opt_d = None
+        self.opt_g = torch.optim.Adam(model.decoder.parameters(), lr=o.lr_g,
+                                      betas=(o.beta1, o.beta2))
+        self.schedules = [torch.optim.lr_scheduler.StepLR(self.opt_g, o.lr_step_epochs,
+                                                          o.lr_gamma)]
+        return {"generator": self.generator, "opt_g": self.opt_g, "sched_g": self.schedules[0]}
+
+    def step(self, x: torch.Tensor) -> dict:
+        from arinv.downstream.denoise import add_noise
+
+        cfg = self.cfg
+        seeds = torch.randint(0, 2**31 - 1, (len(x),)).tolist()  # drawn from the loop's seed
+        noisy = add_noise(x, self.sigma, clip=cfg.noise.clip, seeds=seeds)
+        return denoise_step(self.g_net, self.encoder, x, noisy, layer=cfg.encoder.layer,
+                            opt=self.opt_g, weights=cfg.loss, autocast=self.amp)
+
+    def evaluate(self, x, y, *, periodic: bool, final: bool, batch_size: int):
+        from arinv.downstream.denoise import add_noise, denoise
+
+        n = self.cfg.eval.images if final else self.cfg.eval.epoch_images
+        clean = x[:n].float() / 255 if x.dtype == torch.uint8 else x[:n].float()
+        noisy = add_noise(clean, self.sigma, clip=self.cfg.noise.clip, seeds=range(len(clean)))
+        denoised = denoise(noisy, self.generator, max_pixels=batch_size * clean[0, 0].numel())
+        q = {"n": len(clean), "sigma": self.cfg.noise.sigma, "clip": self.cfg.noise.clip,
+             **quality(denoised, clean), "noisy": quality(noisy.clamp(0, 1), clean)}
+        idx = torch.linspace(0, len(clean) - 1, min(8, len(clean))).long()
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(image_grid([clean[idx], noisy[idx].clamp(0, 1), denoised[idx]])).save(
+            buf, "PNG")
+        metrics = {f"val_{k}": v for k, v in q.items() if isinstance(v, float) and k != "sigma"}
+        metrics.update({f"val_noisy_{k}": v for k, v in q["noisy"].items()
+                        if isinstance(v, float)})
+        files = {GRID: buf.getvalue()}
+        if final:
+            files[QUALITY] = json.dumps(q, indent=2).encode()
+        return metrics, files
+
+
+def denoiser_arch(encoder) -> dict:
+    """What a denoiser checkpoint must match: the wavelet autoencoder's width."""
+    return {"name": "wavelet_autoencoder", "width": encoder.arch.get("width", 1.0)}
+
+
+TASKS = {t.kind: t for t in (EncoderTask, GeneratorTask, DenoiserTask)}  # a new kind: a task here
 
 
 def make_task(cfg, *, log=print, **inputs):
@@ -246,7 +329,8 @@ def config_class(kind: str):
     return TASKS[kind].cls
 
 
-def frozen_encoder(cfg: GeneratorTrainConfig, checkpoint=None, log=print) -> torch.nn.Module:
+def frozen_encoder(cfg: GeneratorTrainConfig | DenoiserTrainConfig, checkpoint=None,
+                   log=print) -> torch.nn.Module:
     """The encoder to invert, frozen, on the CPU: ``checkpoint`` or ``cfg.encoder.checkpoint``;
     random weights (with a warning) when both are null."""
     ref = cfg.encoder
