@@ -23,6 +23,12 @@ EPILOG = """examples:
   arinv anomaly eval --config tiny-sample-anomaly                     # Table A1 at toy size
   arinv eval-scale --config tiny-sample-scale                         # Table A2 at toy size
   arinv ablation --config tiny-sample-ablation                        # Fig. A2 at toy size
+  arinv demo style                    # conv2/conv1 style generators on the quickstart's encoders, pictures
+  arinv demo denoise                  # standard vs robust wavelet denoisers on the bundled photographs
+  arinv stylize --content photo.jpg --style painting.jpg --out styled.png --models robust
+  arinv train-denoiser --config tiny-sample-denoiser --set encoder.checkpoint=models:/arinv-alexnet_small@robust
+  arinv denoise --in noisy/ --out denoised/ --model robust --encoder alexnet_small
+  arinv denoise eval --clean photos/ --standard standard --robust robust --encoder alexnet_small
   arinv models import cifar_l2_0_5.pt --encoder resnet18_cifar --alias madry-l2-05 --robust-eps 0.5
 """
 
@@ -40,18 +46,26 @@ def _parser() -> argparse.ArgumentParser:
                        "and a robust small AlexNet and a conv5 generator for each on Ray Train; "
                        "register them in MLflow; write DIR/report.md (accuracy under PGD, PSNR / "
                        "SSIM, reconstruction grid). Rerunning resumes or reuses finished runs.")
-    q.add_argument("--workdir", default="arinv-quickstart",
-                   help="everything the run writes goes here (default: ./arinv-quickstart)")
-    q.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field in every preset that has it, e.g. --set "
-                   "optim.epochs=2 (attack.* fields apply to the robust encoder only)")
+    _add_toy_run_arguments(q, "everything the run writes goes here",
+                           "override a field in every preset that has it, e.g. --set "
+                           "optim.epochs=2 (attack.* fields apply to the robust encoder only)")
     q.add_argument("--shards", default=None, metavar="URI", help="a folder or s3:// prefix with "
                    "train/ and val/ shard sets of 8 classes instead of the bundled photographs")
-    q.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS or "
-                   "a new local cluster)")
-    q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite "
-                   "in the workdir)")
-    q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    m = sub.add_parser("demo", help="style transfer or denoising at toy size on the "
+                       "quickstart's encoders: train, apply, pictures (CPU, minutes)",
+                       description="APP style: train the conv2 and conv1 style generators over "
+                       "the quickstart's standard and robust encoders (Ray Train, registered), "
+                       "then stylize held-out parts of the bundled photographs with both model "
+                       "sets: DIR/style/style.png. APP denoise: train the wavelet denoiser over "
+                       "each encoder (registered), then compare PSNR / SSIM of the noisy input, "
+                       "both denoisers and non-local means on the held-out parts of the bundled "
+                       "photographs: DIR/denoise/denoise_eval.md and .png. Runs the quickstart "
+                       "first when its models are not in DIR's registry; rerunning reuses "
+                       "finished trainings.")
+    m.add_argument("app", choices=["style", "denoise"], metavar="APP", help="style or denoise")
+    _add_toy_run_arguments(m, "the quickstart's folder", "override a field of every preset "
+                           "the demo trains, e.g. --set optim.epochs=2")
 
     sub.add_parser("presets", help="list config presets")
     c = sub.add_parser("config", help="print a preset or config file, resolved and validated")
@@ -112,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     from pipelines.cli_anomaly import add_anomaly_parser
 
     add_anomaly_parser(sub, _add_launch_arguments)
+    from pipelines.cli_denoise import add_denoise_parsers
+    from pipelines.cli_style import add_stylize_parser
+
+    add_stylize_parser(sub)
+    add_denoise_parsers(sub, _add_launch_arguments, TRAIN_DESCRIPTION)
     _add_models_parser(sub)
     return p
 
@@ -428,11 +447,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _add_toy_run_arguments(p, workdir_help: str, set_help: str) -> None:
+    """The arguments of the commands that work in the quickstart's folder."""
+    p.add_argument("--workdir", default="arinv-quickstart",
+                   help=f"{workdir_help} (default: ./arinv-quickstart)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=set_help)
+    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS or "
+                   "a new local cluster)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite "
+                   "in the workdir)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _quickstart(args) -> int:
     from pipelines.quickstart import run_quickstart
 
     run_quickstart(Path(args.workdir), overrides=args.set, progress=not args.no_progress,
                    address=args.address, tracking_uri=args.tracking_uri, shards=args.shards)
+    return 0
+
+
+def _demo(args) -> int:
+    from pipelines.demos import run_demo
+
+    run_demo(args.app, Path(args.workdir), overrides=args.set, progress=not args.no_progress,
+             address=args.address, tracking_uri=args.tracking_uri)
     return 0
 
 
@@ -677,18 +716,37 @@ def _ablation(args) -> int:
     return 0 if r["complete"] else 1
 
 
+def _train_denoiser(args) -> int:
+    from pipelines.cli_denoise import run_train
+
+    return run_train(args, _train)
+
+
+def _denoise(args) -> int:
+    from pipelines.cli_denoise import run
+
+    return run(args)
+
+
+def _stylize(args) -> int:
+    from pipelines.cli_style import run
+
+    return run(args)
+
+
 def _anomaly(args) -> int:
     from pipelines.cli_anomaly import run
 
     return run(args, _launch)
 
 
-_COMMANDS = {"quickstart": _quickstart, "presets": _presets, "config": _config,
+_COMMANDS = {"quickstart": _quickstart, "demo": _demo, "presets": _presets, "config": _config,
              "train-encoder": _train_encoder, "train-generator": _train_generator,
              "sweep": _sweep,
              "eval-robustness": _eval_robustness, "eval-scale": _eval_scale, "ablation": _ablation,
              "data": _data,
-             "anomaly": lambda args: _anomaly(args),
+             "anomaly": lambda args: _anomaly(args), "stylize": _stylize,
+             "train-denoiser": _train_denoiser, "denoise": _denoise,
              "models": _models}
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
 loaded. It may import only ``mlflow``, numpy, torch and the ``arinv`` package bundled with the
 model (``code_paths``): consumers of a registered model do not have ``pipelines``.
 
-Artifacts: ``encoder`` (an arinv encoder checkpoint) and, for an autoencoder, ``generator``.
+Artifacts: ``encoder`` (an arinv encoder checkpoint) and, for an autoencoder, ``generator``;
+or ``denoiser`` alone (the wavelet denoising autoencoder, its encoder inside).
 Input: float32 images N x 3 x R x R in [0, 1]. Output: ``{"logits"}`` for an encoder,
-``{"reconstruction", "features"}`` for an autoencoder.
+``{"reconstruction", "features"}`` for an autoencoder, ``{"denoised"}`` for a denoiser (any
+size of at least 63 px a side).
 """
 
 import mlflow
@@ -16,10 +18,15 @@ from mlflow.pyfunc import PythonModel
 
 class ArinvModel(PythonModel):
     def load_context(self, context):
+        self.encoder = self.generator = self.layer = self.denoiser = None
+        if "denoiser" in context.artifacts:
+            from arinv.models.load import load_denoiser
+
+            self.denoiser, _ = load_denoiser(context.artifacts["denoiser"])
+            return
         from arinv.models.load import load_encoder
 
         self.encoder, _ = load_encoder(context.artifacts["encoder"])
-        self.generator = self.layer = None
         if "generator" in context.artifacts:
             from arinv.models.load import load_generator
 
@@ -38,6 +45,8 @@ class ArinvModel(PythonModel):
             raise ValueError(f"expected float32 images N x 3 x R x R in [0, 1], got shape "
                              f"{tuple(x.shape)}")
         with torch.no_grad():
+            if self.denoiser is not None:
+                return {"denoised": self.denoiser(x).float().clamp(0, 1).numpy()}
             if self.generator is None:
                 return {"logits": self.encoder(x).float().numpy()}
             features = self.encoder.features(x, self.layer)

@@ -83,6 +83,31 @@ def register_autoencoder(tracking_uri: str, run_id: str, *, encoder_checkpoint,
                                  name=name, alias=alias, tags=tags)
 
 
+def register_denoiser(tracking_uri: str, run_id: str, checkpoint, *, name: str, alias: str):
+    """Like :func:`register_encoder` for a wavelet denoising autoencoder (its checkpoint holds
+    the frozen encoder too). Predict: noisy images -> {"denoised": N x 3 x H x W in [0, 1]}."""
+    import torch
+
+    from arinv.checkpoint import export_weights
+    from arinv.models.load import load_denoiser
+
+    with tempfile.TemporaryDirectory() as tmp:
+        file = export_weights(checkpoint, Path(tmp) / "denoiser.pt", ("generator",))
+        model, cfg = load_denoiser(file)
+        from arinv.models import create_encoder
+
+        with torch.device("meta"):
+            r = cfg.resolution or create_encoder(cfg.encoder.name, num_classes=2).input_size
+        example = _input_example(r)
+        with torch.no_grad():
+            outputs = {"denoised": model(torch.from_numpy(example[:1]))}
+        tags = {KIND_TAG: "denoiser", "arinv.arch": cfg.encoder.name,
+                "arinv.noise_sigma": cfg.noise.sigma, "arinv.resolution": r}
+        return _log_and_register(tracking_uri, run_id, "denoiser", {"denoiser": file},
+                                 _signature(example, outputs), example,
+                                 name=name, alias=alias, tags=tags)
+
+
 _ALIAS = re.compile(r"^[\w-]{1,255}$")  # MLflow's alias rule; 'latest' and v<N> are reserved
 
 
@@ -280,12 +305,12 @@ def fetch_checkpoint(model_uri: str, tracking_uri: str | None = None, *,
     (``models:/name@alias``, ``models:/name/3``, ``models:/name/latest``, ``runs:/...``).
 
     ``part`` is "encoder" (the default; for an autoencoder that is the encoder its generator
-    inverts) or "generator" (autoencoders only). Artifacts are cached per model version under
+    inverts), "generator" (autoencoders only) or "denoiser" (denoisers only). Artifacts are cached per model version under
     ``cache_dir`` (default ``$ARINV_MODEL_CACHE`` or ``~/.cache/arinv/models``).
     """
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-    if part not in ("encoder", "generator"):
-        raise ValueError(f"part={part!r}: use 'encoder' or 'generator'")
+    if part not in ("encoder", "generator", "denoiser"):
+        raise ValueError(f"part={part!r}: use 'encoder', 'generator' or 'denoiser'")
     from pipelines.trainer import model_cache_dir
 
     root = model_cache_dir(cache_dir) / hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]
@@ -317,10 +342,11 @@ def _resolve(model_uri: str, tracking_uri: str) -> tuple[str, str]:
         raise RegistryError(f"{model_uri!r}: not a model URI; use models:/<name>@<alias>, "
                          "models:/<name>/<version> or runs:/<run_id>/<artifact>")
     mv = _model_version(client, m["name"], m["alias"], m["version"], model_uri, tracking_uri)
-    if mv.tags.get(KIND_TAG) not in ("encoder", "autoencoder"):
+    if mv.tags.get(KIND_TAG) not in ("encoder", "autoencoder", "denoiser"):
         raise RegistryError(f"{model_uri}: version {mv.version} of {mv.name!r} is not an arinv "
                          f"model (no {KIND_TAG} tag); register it with "
-                         "pipelines.registry.register_encoder / register_autoencoder")
+                         "pipelines.registry.register_encoder / register_autoencoder / "
+                         "register_denoiser")
     digest = hashlib.sha1(f"{mv.source}|{mv.creation_timestamp}".encode()).hexdigest()[:8]
     # The underlying location, not models:/...: MLflow resolves those with the global
     # registry URI whatever tracking_uri / registry_uri download_artifacts is given.
@@ -381,7 +407,9 @@ def _artifact_in(local: Path, part: str, model_uri: str) -> Path:
         raise RegistryError(f"{model_uri}: not an MLflow model ({_short(e)})") from None
     artifacts = flavor.get("artifacts") or {}
     if part not in artifacts:
-        kind = "an arinv encoder" if "encoder" in artifacts else "not an arinv model"
+        kind = ("an arinv autoencoder" if "generator" in artifacts else "an arinv encoder"
+                if "encoder" in artifacts else "an arinv denoiser" if "denoiser" in artifacts
+                else "not an arinv model")
         raise RegistryError(f"{model_uri}: has no {part} checkpoint ({kind}; artifacts: "
                          f"{sorted(artifacts)})")
     return local / artifacts[part]["path"]

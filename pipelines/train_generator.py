@@ -9,6 +9,11 @@ DDP-wrapped; every ``eval.every`` epochs rank 0 logs PSNR / SSIM (/ LPIPS when i
 are installed) on held-out images and an image grid; after the last epoch it adds the RI
 baseline. The driver registers the pair as an MLflow pyfunc "autoencoder" (images in,
 reconstructions and features out).
+
+A ``DenoiserTrainConfig`` (a preset with ``noise:``, e.g. ``tiny-sample-denoiser``) trains the
+wavelet denoising autoencoder the same way (``DenoiserTask``: ``denoise_step``, held-out PSNR /
+SSIM of the denoised and the noisy images) and registers it as a pyfunc "denoiser"
+(``arinv-<encoder>-denoiser``; noisy images in, denoised out); ``arinv train-denoiser``.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import json
 import sys
 
 from arinv.checkpoint import STATE
-from arinv.config import ConfigError, GeneratorTrainConfig, flatten
-from arinv.train.tasks import GRID, QUALITY, GeneratorTask
+from arinv.config import ConfigError, DenoiserTrainConfig, GeneratorTrainConfig, flatten
+from arinv.train.tasks import GRID, QUALITY, DenoiserTask, GeneratorTask
 from pipelines.trainer import Launch, launch
 
 
-def train_generator(cfg: GeneratorTrainConfig, run: Launch, *, model_name: str | None = None) -> dict:
+def train_generator(cfg: GeneratorTrainConfig | DenoiserTrainConfig, run: Launch, *,
+                    model_name: str | None = None) -> dict:
     """Fit on Ray Train, then (with ``run.register``) register the encoder + generator pair as
-    a pyfunc autoencoder named ``model_name`` (default arinv-<encoder>-<tap>-autoencoder);
-    returns quality metrics, run id, checkpoint and registered URI."""
+    a pyfunc autoencoder named ``model_name`` (default arinv-<encoder>-<tap>-autoencoder; a
+    denoiser: arinv-<encoder>-denoiser); returns quality metrics, run id, checkpoint and
+    registered URI."""
     from pipelines import registry, tracking
 
     if cfg.encoder.checkpoint is None:
@@ -34,7 +41,9 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch, *, model_name: str |
                           "models:/arinv-alexnet@robust")
     # an unknown registry URI fails here, before Ray starts
     enc_file = registry.encoder_file(cfg, run.tracking(), run.model_cache)
-    out = launch(GeneratorTask(cfg, encoder_checkpoint=enc_file), run)
+    denoiser = isinstance(cfg, DenoiserTrainConfig)
+    task = (DenoiserTask if denoiser else GeneratorTask)(cfg, encoder_checkpoint=enc_file)
+    out = launch(task, run)
     final = out["checkpoint_dir"]
     quality = json.loads((final / QUALITY).read_text())
     result = {"name": cfg.name, "run_id": out["run_id"], "tracking_uri": out["tracking_uri"],
@@ -45,10 +54,15 @@ def train_generator(cfg: GeneratorTrainConfig, run: Launch, *, model_name: str |
     log.log_artifact(final / GRID)
     if run.register:
         alias = run.alias or _encoder_alias(cfg.encoder.checkpoint)
-        name = model_name or f"arinv-{cfg.encoder.name}-{cfg.encoder.layer}-autoencoder"
-        version = registry.register_autoencoder(
-            out["tracking_uri"], out["run_id"], encoder_checkpoint=enc_file,
-            generator_checkpoint=final / STATE, name=name, alias=alias)
+        if denoiser:
+            name = model_name or f"arinv-{cfg.encoder.name}-denoiser"
+            version = registry.register_denoiser(out["tracking_uri"], out["run_id"],
+                                                 final / STATE, name=name, alias=alias)
+        else:
+            name = model_name or f"arinv-{cfg.encoder.name}-{cfg.encoder.layer}-autoencoder"
+            version = registry.register_autoencoder(
+                out["tracking_uri"], out["run_id"], encoder_checkpoint=enc_file,
+                generator_checkpoint=final / STATE, name=name, alias=alias)
         result["registered"] = f"models:/{name}@{alias}"
         result["version"] = int(version.version)
     log.close(status="FINISHED")

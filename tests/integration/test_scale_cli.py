@@ -9,33 +9,10 @@ import csv
 import math
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
+from toy_models import toy_pair
 
-from arinv.checkpoint import save_checkpoint
-from arinv.config import EncoderTrainConfig, GeneratorTrainConfig, to_dict
-from arinv.models import create_encoder, create_generator
 from pipelines.cli import main
-
-
-def _pair(d, seed: int, resolution: int | None = None):
-    torch.manual_seed(seed)
-    enc, gen = create_encoder("alexnet_small", num_classes=8), create_generator("alexnet_small_conv5")
-    ecfg = EncoderTrainConfig(name=f"enc{seed}")
-    ecfg.encoder.name = "alexnet_small"
-    ecfg.encoder.num_classes = 8
-    efile = save_checkpoint(d / f"enc{seed}.pt", kind="encoder", arch=enc.arch,
-                            modules={"model": enc}, progress={"epoch": 0, "history": []},
-                            config=to_dict(ecfg))
-    gcfg = GeneratorTrainConfig(name=f"gen{seed}", resolution=resolution)
-    gcfg.encoder.name, gcfg.encoder.layer = "alexnet_small", "conv5"
-    gcfg.generator.name = "alexnet_small_conv5"
-    gfile = save_checkpoint(d / f"gen{seed}.pt", kind="generator",
-                            arch={"generator": gen.arch, "discriminator": None,
-                                  "encoder": enc.arch},
-                            modules={"generator": gen}, progress={"epoch": 0, "history": []},
-                            config=to_dict(gcfg))
-    return efile, gfile
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +25,11 @@ def store(tmp_path_factory):
     exp = client.create_experiment("models", artifact_location=str(d / "artifacts"))
     run = client.create_run(exp).info.run_id
     for seed, alias in ((1, "standard"), (2, "robust")):
-        e, g = _pair(d, seed)
+        e, g = toy_pair(d, seed)
         register_autoencoder(uri, run, encoder_checkpoint=e, generator_checkpoint=g,
                              name="toy-autoencoder", alias=alias)
-    register_encoder(uri, run, _pair(d, 3)[0], name="toy-encoder", alias="robust")
-    e, g = _pair(d, 4, resolution=160)
+    register_encoder(uri, run, toy_pair(d, 3)[0], name="toy-encoder", alias="robust")
+    e, g = toy_pair(d, 4, resolution=160)
     register_autoencoder(uri, run, encoder_checkpoint=e, generator_checkpoint=g,
                          name="toy-autoencoder-160", alias="robust")
     client.set_terminated(run)
