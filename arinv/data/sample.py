@@ -41,6 +41,12 @@ def load_photo(name: str) -> np.ndarray:
     return photo
 
 
+def held_out_part(name: str) -> np.ndarray:
+    """The part of bundled photograph ``name`` no training crop comes from (its right 30%)."""
+    photo = load_photo(name)
+    return photo[:, int(photo.shape[1] * _TRAIN_FRACTION):]
+
+
 def sample_set(split: str = "train", *, per_class: int = 48, size: int = 160,
                seed: int = 0) -> SampleSet:
     """``per_class`` crops of ``size`` x ``size`` px from each photograph's ``split`` region."""

@@ -57,6 +57,87 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
     assert sorted((tmp_path / "ray").glob("*/checkpoint_*")) == checkpoints
     assert {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
             for m in client.search_registered_models()} == versions
+    check_demos_and_denoise_cli(tmp_path, client, capsys)
+
+
+DEMO_TOY = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
+            "optim.epochs=1", "eval.images=8", "eval.epoch_images=8",
+            "scaling.cpus_per_worker=1"]
+
+
+def check_demos_and_denoise_cli(workdir, client, capsys):
+    """The Sec. A3 applications on the quickstart's models: 'arinv demo style' trains and
+    registers the conv2 / conv1 generators of both encoders and stylizes with each set;
+    'arinv demo denoise' trains both wavelet denoisers (Tables A8/A9) on Ray Train and
+    tabulates them; then 'arinv denoise' / 'denoise eval' from the registry, and a model of
+    the wrong kind refused by URI."""
+    from PIL import Image
+    from skimage import data
+
+    from pipelines.cli import main
+    from pipelines.demos import STYLE_PAIRS
+
+    demo = ["--workdir", str(workdir), "--no-progress"]
+    for o in DEMO_TOY:
+        demo += ["--set", o]
+    assert main(["demo", "style", *demo]) == 0
+    out = capsys.readouterr().out
+    assert "running the quickstart first" not in out and "style.png" in out
+    assert (workdir / "style" / "style.png").stat().st_size > 1000
+    for kind in ("standard", "robust"):
+        outs = sorted((workdir / "style" / kind).glob("*.png"))
+        assert [f.stem for f in outs] == sorted(f"{c}_{s}" for c, s in STYLE_PAIRS)
+        assert Image.open(outs[0]).size[0] == 128  # the content's size, not the encoder's
+    for level in ("conv1", "conv2"):
+        mv = client.get_model_version_by_alias(f"arinv-alexnet_small-{level}-autoencoder",
+                                               "robust")
+        assert mv.tags["arinv.kind"] == "autoencoder"
+
+    assert main(["demo", "denoise", *demo]) == 0
+    out = capsys.readouterr().out
+    assert "8 images, clipped white Gaussian noise, sigma 50/255" in out
+    assert "robust - standard denoiser: PSNR" in out
+    result = json.loads((workdir / "denoise" / "result.json").read_text())
+    quality = result["trained"]["tiny-sample-denoiser-robust"]["quality"]
+    assert quality["n"] == 8 and "noisy" in quality
+    values = result["table"]["methods"]
+    assert set(values) == {"noisy input", "non-local means (scikit-image)",
+                           "standard (models:/arinv-alexnet_small-denoiser@standard)",
+                           "robust (models:/arinv-alexnet_small-denoiser@robust)"}
+    # the classical baseline with the true sigma must beat the noisy input
+    assert values["non-local means (scikit-image)"]["psnr"] > values["noisy input"]["psnr"]
+    exp = client.get_experiment_by_name("arinv-quickstart").experiment_id
+    for kind, files in (("style-demo", {"style.png", "robust"}),
+                        ("denoise-demo", {"denoise_eval.md", "denoise_eval.png"})):
+        (run,) = client.search_runs([exp], f"tags.`arinv.kind` = '{kind}'")
+        assert files <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    photos = workdir / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()[::5, ::4]).save(photos / "astronaut.png")  # 103 x 128
+    Image.fromarray(data.coffee()[::6, ::7]).save(photos / "coffee.png")        # 67 x 86
+    base = ["--encoder", "alexnet_small", "--tracking-uri", uri]
+    assert main(["denoise", *base, "--in", str(photos), "--out", str(workdir / "out")]) == 0
+    for f in photos.iterdir():
+        assert Image.open(workdir / "out" / f.name).size == Image.open(f).size
+    assert main(["denoise", "eval", *base, "--clean", str(photos), "--robust", "robust",
+                 "--workdir", str(workdir / "eval")]) == 0
+    assert "2 images, clipped white Gaussian noise, sigma 50/255" in capsys.readouterr().out
+    md = (workdir / "eval" / "denoise_eval.md").read_text()
+    for row in ("| noisy input |", "| robust (models:/arinv-alexnet_small-denoiser@robust) |",
+                "| non-local means (scikit-image) |"):
+        assert row in md
+    (ev,) = client.search_runs([client.get_experiment_by_name("arinv").experiment_id],
+                               "tags.`arinv.kind` = 'denoise-eval'")
+    assert "robust_psnr" in ev.data.metrics
+    # an encoder where a denoiser belongs: refused naming the URI, before any image is written
+    assert main(["denoise", *base, "--in", str(photos), "--out", str(workdir / "bad"),
+                 "--model", "models:/arinv-alexnet_small@robust"]) == 2
+    err = capsys.readouterr().err
+    assert "models:/arinv-alexnet_small@robust: has no denoiser checkpoint (an arinv encoder" \
+        in err
+    assert not (workdir / "bad").exists()
 
 @pytest.fixture(scope="module")
 def two_nodes(s3_server, tmp_path_factory):
