@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -431,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # one bar per file of every model fetched from the registry is a wall, not progress
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from arinv.checkpoint import CheckpointError
     from arinv.config import ConfigError
     from arinv.data.beton import BetonError

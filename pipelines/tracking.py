@@ -88,7 +88,17 @@ def checked_uri(uri: str, where: str = "--tracking-uri") -> str:
                           "and stored; give the URI without it and the credentials as "
                           "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (an MLflow "
                           "server) or PGPASSWORD / ~/.pgpass (a PostgreSQL database URI)")
-    return uri
+    return absolute_sqlite(uri)
+
+
+def absolute_sqlite(uri: str) -> str:
+    """A relative sqlite URI (``sqlite:///runs/mlflow.db``) made absolute against the current
+    folder, where the user meant it: Ray workers and the artifact locations of new experiments
+    would otherwise resolve it elsewhere. Other URIs unchanged."""
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return f"sqlite:///{Path(path).resolve()}"
 
 
 def is_unreachable(e: BaseException) -> bool:
@@ -230,7 +240,7 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     directory, which differs between the driver and Ray workers. A server decides for itself."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(absolute_sqlite(tracking_uri)[len("sqlite:///"):])
     return (db.parent / "mlartifacts" / _safe(experiment)).as_uri()
 
 

@@ -172,3 +172,17 @@ def test_a_tracking_uri_with_a_password_is_refused_without_echoing_it(argv, tmp_
     err = capsys.readouterr().err
     assert "MLFLOW_TRACKING_URI: postgresql://arinv:***@db/mlflow" in err
     assert "hunter2-secret" not in err and "PGPASSWORD" in err
+
+
+def test_a_relative_sqlite_uri_means_the_current_folder(tmp_path, monkeypatch):
+    """'--tracking-uri sqlite:///arinv-quickstart/mlflow.db' (the README's form) names a file
+    under the folder the command runs in, for the store and for new experiments' artifacts
+    (a relative artifact location could not be written as a file URI)."""
+    from pipelines.tracking import _artifact_location, checked_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert checked_uri("sqlite:///qs/mlflow.db") == f"sqlite:///{tmp_path.resolve()}/qs/mlflow.db"
+    assert _artifact_location("sqlite:///qs/mlflow.db", "demo") == \
+        (tmp_path.resolve() / "qs" / "mlartifacts" / "demo").as_uri()
+    assert checked_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert checked_uri("http://mlflow:5000") == "http://mlflow:5000"
