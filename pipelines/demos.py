@@ -44,18 +44,18 @@ STYLE_SIDE = 160
 
 
 def held_out(name: str, side: int):
-    """The held-out part (right 30%) of bundled photograph ``name`` (or any colour image in
-    scikit-image's data), its shorter side resized to ``side``: a float 3 x H x W tensor."""
+    """The held-out part (right 30%) of bundled photograph ``name`` (or the whole of another
+    colour image ``load_photo`` finds), its shorter side resized to ``side``: a float
+    3 x H x W tensor."""
     import numpy as np
-    import skimage.data
     import torch
     import torch.nn.functional as F
 
-    from arinv.data.sample import PHOTOS, held_out_part
+    from arinv.data.sample import PHOTOS, held_out_part, load_photo
 
-    photo = held_out_part(name) if name in PHOTOS else \
-        np.asarray(getattr(skimage.data, name)(), dtype=np.uint8)[..., :3]
-    x = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float()[None] / 255
+    photo = held_out_part(name) if name in PHOTOS else load_photo(name)
+    # np.array copies: cached photographs are read-only
+    x = torch.from_numpy(np.array(photo)).permute(2, 0, 1).float()[None] / 255
     scale = side / min(x.shape[2:])
     size = [max(side, round(s * scale)) for s in x.shape[2:]]
     return F.interpolate(x, size=size, mode="bilinear", antialias=True,
