@@ -118,9 +118,11 @@ class DataConfig:
     """Where a run's images come from. Every run (Ray or --local) reads shard sets: ``shards``,
     or the ``source`` written as shards under the run's workdir first."""
 
-    source: str = "sample"  # "sample" (bundled photographs) or an ImageFolder root with train/ val/
-    train_per_class: int = 48  # sample source only: crops per class
-    val_per_class: int = 16    # sample source only: held-out crops per class
+    # a bundled set ("sample": 8 colour photographs, "sample-gray": 16 grayscale photographs and
+    # textures, see arinv.data.sample) or an ImageFolder root with train/ and val/
+    source: str = "sample"
+    train_per_class: int = 48  # bundled sets only: crops per class
+    val_per_class: int = 16    # bundled sets only: held-out crops per class
     # a local folder or s3:// prefix holding train/ and val/ shard sets written by
     # 'arinv data write'; null = write ``source`` as shards under the run's workdir
     shards: Optional[str] = None
@@ -147,11 +149,12 @@ class DataConfig:
                         f"{self.shards!r}; use loader=ray for S3")
         if not 0 < self.crop_min_scale <= 1:
             errs.append(f"crop_min_scale: must be in (0, 1], got {self.crop_min_scale}")
-        if self.source != "sample" and not self.shards:
+        if self.source not in ("sample", "sample-gray") and not self.shards:
             root = Path(self.source).expanduser()
             missing = [s for s in ("train", "val") if not (root / s).is_dir()]
             if missing:
-                errs.append(f"source: {self.source!r} is neither 'sample' nor a folder with "
+                errs.append(f"source: {self.source!r} is neither a bundled set ('sample', "
+                            f"'sample-gray') nor a folder with "
                             f"train/ and val/ ImageFolder trees (missing: {', '.join(missing)}); "
                             "or set data.shards to a shard set written by 'arinv data write'")
         if self.train_per_class < 1 or self.val_per_class < 1:
@@ -611,7 +614,7 @@ class ScaleConfig:
     standard: Optional[str] = "models:/arinv-alexnet-conv5-autoencoder@standard"
     robust: Optional[str] = "models:/arinv-alexnet-conv5-autoencoder@robust"
     # the evaluation images: a shard set (its val/ split, or a split folder), or a folder of
-    # image files; null = the bundled sample photographs' held-out crops
+    # image files; null = held-out crops of the bundled grayscale set (the quickstart's task)
     data: Optional[str] = None
     images: int = 16                    # the first N images of data
     factors: list[int] = field(default_factory=lambda: list(range(1, 11)))  # L (paper: 1..10)

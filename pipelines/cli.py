@@ -270,7 +270,15 @@ def _add_launch_arguments(p: argparse.ArgumentParser, local: bool = True) -> Non
     if local:
         p.add_argument("--local", action="store_true", help="single process, no Ray / MLflow: "
                        "checkpoints in WORKDIR/checkpoints")
-    p.add_argument("--no-progress", action="store_true")
+        _add_verbose(p)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_verbose(p) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's, Ray Data's and the workers' own output and progress bars "
+                   "here (default: one bar per training stage here, the rest in "
+                   "WORKDIR/arinv.log)")
 
 
 DATA_EPILOG = """sources (detected from SOURCE, or named with --source-format):
@@ -460,21 +468,28 @@ def _add_toy_run_arguments(p, workdir_help: str, set_help: str) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite "
                    "in the workdir)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_verbose(p)
 
 
 def _quickstart(args) -> int:
+    from pipelines.console import quiet
     from pipelines.quickstart import run_quickstart
 
-    run_quickstart(Path(args.workdir), overrides=args.set, progress=not args.no_progress,
-                   address=args.address, tracking_uri=args.tracking_uri, shards=args.shards)
+    with quiet(Path(args.workdir) / "arinv.log", enabled=not args.verbose):
+        run_quickstart(Path(args.workdir), overrides=args.set, progress=not args.no_progress,
+                       verbose=args.verbose, address=args.address,
+                       tracking_uri=args.tracking_uri, shards=args.shards)
     return 0
 
 
 def _demo(args) -> int:
+    from pipelines.console import quiet
     from pipelines.demos import run_demo
 
-    run_demo(args.app, Path(args.workdir), overrides=args.set, progress=not args.no_progress,
-             address=args.address, tracking_uri=args.tracking_uri)
+    with quiet(Path(args.workdir) / "arinv.log", enabled=not args.verbose):
+        run_demo(args.app, Path(args.workdir), overrides=args.set,
+                 progress=not args.no_progress, verbose=args.verbose, address=args.address,
+                 tracking_uri=args.tracking_uri)
     return 0
 
 
@@ -503,7 +518,8 @@ def _launch(args, cfg):
     return Launch(workdir=Path(args.workdir or Path("runs") / name), run_name=name,
                   storage_path=args.storage_path, tracking_uri=args.tracking_uri,
                   experiment=args.experiment, register=not args.no_register, alias=args.alias,
-                  address=args.address, progress=not args.no_progress)
+                  address=args.address, progress=not args.no_progress,
+                  verbose=getattr(args, "verbose", False))
 
 
 def _train(args, cls, pipeline):
@@ -523,8 +539,15 @@ def _train(args, cls, pipeline):
 
             inputs = task_inputs(cfg, _launch(args, cfg).tracking(), None)
         return cfg, fit_local(cfg, workdir, progress=not args.no_progress, **inputs), workdir
+    from pipelines.console import quiet
+
     run = _launch(args, cfg)
-    return cfg, pipeline(cfg, run), run.workdir
+    log = run.workdir / "arinv.log"
+    with quiet(log, enabled=not args.verbose):
+        result = pipeline(cfg, run)
+    if not args.verbose:
+        print(f"log:        {log} (Ray's and the workers' output)")
+    return cfg, result, run.workdir
 
 
 def _train_encoder(args) -> int:

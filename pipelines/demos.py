@@ -3,7 +3,9 @@
 
 Both work in the quickstart's folder (``DIR``, default ./arinv-quickstart): the small standard
 and robust encoders (and, for style transfer, their conv5 autoencoders) come from its registry,
-``DIR/mlflow.db``; when they are not there the quickstart runs first.
+``DIR/mlflow.db``; when they are not there the quickstart runs first. What they train learns
+from the bundled colour photographs (``DIR/shards-colour``): the quickstart's own task is
+grayscale, and these applications are about colour images.
 
 - style: trains the conv2 and conv1 generators (``tiny-sample-style-conv2`` / ``-conv1``) for
   each encoder on Ray Train and registers them (``arinv-alexnet_small-conv2-autoencoder@standard``
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 
 from arinv.config import DenoiserTrainConfig, GeneratorTrainConfig, load_config
+from arinv.data.reader import write_sample_shards
+from pipelines.console import log_file, say
 from pipelines.quickstart import ENCODERS, EXPERIMENT, run_quickstart
 from pipelines.trainer import Launch, own_local_ray
 
@@ -39,6 +43,7 @@ LEVELS = ("conv5", "conv2", "conv1")
 # style: an image the encoders never saw, or another photograph's held-out part
 STYLE_PAIRS = (("chelsea", "retina"), ("coffee", "colorwheel"),
                ("astronaut", "immunohistochemistry"))
+COLOUR_SHARDS = "shards-colour"  # under DIR: the bundled colour set the demos train on
 CONTENT_SIDE = 128  # the shorter side of a content image, aspect ratio kept
 STYLE_SIDE = 160
 
@@ -63,7 +68,8 @@ def held_out(name: str, side: int):
 
 
 def run_demo(app: str, workdir: Path, *, overrides: list[str] = (), progress: bool = True,
-             address: str | None = None, tracking_uri: str | None = None) -> dict:
+             verbose: bool = False, address: str | None = None,
+             tracking_uri: str | None = None) -> dict:
     """Train what ``app`` ("style" or "denoise") needs over the quickstart's encoders, then
     apply it; returns its result (paths, timings, the denoising table's values)."""
     from pipelines.tracking import checked_uri
@@ -77,36 +83,42 @@ def run_demo(app: str, workdir: Path, *, overrides: list[str] = (), progress: bo
     with own_local_ray():
         missing = _missing(app, uri)
         if missing:
-            print(f"== {'; '.join(missing)}: running the quickstart first (in {workdir})")
-            run_quickstart(workdir, progress=progress, address=address, tracking_uri=uri)
+            say(f"== {'; '.join(missing)}: running the quickstart first (in {workdir})")
+            run_quickstart(workdir, progress=progress, verbose=verbose, address=address,
+                           tracking_uri=uri)
+        d = configs[0].data  # the colour photographs: the quickstart's own set is grayscale
+        write_sample_shards(Path(d.shards), d.train_per_class, d.val_per_class,
+                            progress=progress and verbose, name=d.source)
         trained = {}
         for cfg in configs:
-            print(f"== training {cfg.name} over {cfg.encoder.checkpoint} ({cfg.encoder.layer}, "
-                  f"{cfg.optim.epochs} epochs)")
+            say(f"== training {cfg.name} over {cfg.encoder.checkpoint} ({cfg.encoder.layer}, "
+                f"{cfg.optim.epochs} epochs)")
             from pipelines.train_generator import train_generator
 
             start = time.perf_counter()
             r = train_generator(cfg, Launch(
                 workdir=workdir / "generators" / cfg.name, storage_path=str(workdir / "ray"),
                 tracking_uri=uri, experiment=EXPERIMENT, address=address, progress=progress,
-                model_cache=str(workdir / "model-cache")))
+                verbose=verbose, model_cache=str(workdir / "model-cache")))
             trained[cfg.name] = {"registered": r["registered"], "quality": r["quality"],
                                  "seconds": time.perf_counter() - start}
-            print(f"   registered {r['registered']}")
+            say(f"   registered {r['registered']}")
     train_s = time.perf_counter() - t0
     result = (_style if app == "style" else _denoise)(workdir / app, uri)
     result.update(trained=trained, train_seconds=train_s,
                   seconds=time.perf_counter() - t0)
     (workdir / app / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"\n{app} demo: {result['seconds'] / 60:.1f} min ({train_s / 60:.1f} training)")
+    say(f"\n{app} demo: {result['seconds'] / 60:.1f} min ({train_s / 60:.1f} training)")
     for line in result["lines"]:
-        print(line)
-    print(f"MLflow UI:  mlflow ui --backend-store-uri {uri}")
+        say(line)
+    if log_file():
+        say(f"log:        {log_file()}")
+    say(f"MLflow UI:  mlflow ui --backend-store-uri {uri}")
     return result
 
 
 def _configs(app: str, workdir: Path, overrides: list[str]) -> list:
-    shards = f"data.shards={workdir / 'shards'}"
+    shards = f"data.shards={workdir / COLOUR_SHARDS}"
     if app == "style":
         return [load_config(GeneratorTrainConfig, p, [
             shards, f"name={p}-{k}", f"encoder.checkpoint=models:/arinv-{ENCODER}@{k}",

@@ -80,10 +80,11 @@ def evaluation_images(cfg: ScaleConfig, workdir: Path, resolution: int, progress
     )
     from arinv.train.run import collect
 
-    if cfg.data is None:
-        per_class = -(-cfg.images // 8)  # the sample set has 8 classes
-        split = str(write_sample_shards(workdir / "shards" / f"sample-1-{per_class}", 1,
-                                        per_class, progress=progress) / "val")
+    if cfg.data is None:  # the quickstart's task: the bundled grayscale set, 16 classes
+        per_class = -(-cfg.images // 16)
+        split = str(write_sample_shards(workdir / "shards" / f"sample-gray-1-{per_class}", 1,
+                                        per_class, progress=progress, name="sample-gray")
+                    / "val")
     elif has_manifest(cfg.data):
         split = cfg.data
     elif has_manifest(join(cfg.data, "val")):

@@ -28,6 +28,7 @@ from arinv.data import storage
 from arinv.data.reader import load_manifest, run_shards
 from arinv.train.runtime import resolve_device
 from arinv.train.state import check_resumable
+from pipelines.console import ProgressReporter, StageBar, say
 
 
 @dataclass
@@ -43,7 +44,8 @@ class Launch:
     alias: str | None = None           # registry alias; default "robust" / "standard"
     address: str | None = None         # Ray address; default $RAY_ADDRESS or a local cluster
     model_cache: str | None = None     # registry downloads; default $ARINV_MODEL_CACHE or ~/.cache
-    progress: bool = True
+    progress: bool = True              # one bar per training stage, drawn by this driver
+    verbose: bool = False              # instead: the workers' own bars and Ray Data's
     extra_tags: dict = field(default_factory=dict)  # e.g. mlflow.parentRunId for sweep trials
     callbacks: list = field(default_factory=list)   # Ray Train callbacks (a Tune trial's reporter)
 
@@ -321,10 +323,10 @@ def launch(task, launch: Launch) -> dict:
     if found is not None and found[2]:
         return _reuse(found[0], task, launch, name)
     if found is not None:  # said by the driver: the workers' own line stays in their logs
-        print(f"{name}: resuming after epoch {found[1]}/{task.epochs} from {found[0]}",
-              flush=True)
+        say(f"{name}: resuming after epoch {found[1]}/{task.epochs} from {found[0]}")
     root = shard_sets(cfg, launch).rstrip("/")  # may fork shard writers: before Ray starts
-    task.check_classes(load_manifest(f"{root}/train")["classes"], f"shard set {root}/train")
+    train_manifest = load_manifest(f"{root}/train")
+    task.check_classes(train_manifest["classes"], f"shard set {root}/train")
     uri = launch.tracking()
     init_ray(launch.address, sc)
     run_id = tracking.find_or_create_run(
@@ -334,11 +336,16 @@ def launch(task, launch: Launch) -> dict:
     driver_log.log_params(flatten(cfg))
     driver_log.set_tags({"arinv.storage": launch.run_key(name), "arinv.micro_batch": micro})
     driver_log.close(timeout=60)
-    ds = datasets(cfg, root, task.resolution, augment=task.augment, progress=launch.progress)
+    own_bars = launch.progress and launch.verbose  # else the driver draws the stage's bar
+    ds = datasets(cfg, root, task.resolution, augment=task.augment, progress=own_bars)
+    bar = StageBar(name, task.epochs, found[1] if found else 0) \
+        if launch.progress and not launch.verbose else None  # after init_ray: a Ray queue
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"cfg": to_dict(cfg), "kind": task.kind, "tracking_uri": uri,
-                           "run_id": run_id, "progress": launch.progress,
+                           "run_id": run_id, "progress": own_bars,
+                           "progress_queue": bar.queue if bar else None,
+                           "train_images": train_manifest["num_samples"],
                            "model_cache": launch.model_cache, "shards": root,
                            "storage": launch.storage_path, "name": name},
         scaling_config=ray.train.ScalingConfig(
@@ -353,7 +360,8 @@ def launch(task, launch: Launch) -> dict:
             callbacks=list(launch.callbacks)),
         datasets=ds, dataset_config=data_config(cfg.runtime.deterministic))
     try:
-        result = trainer.fit()
+        with bar or contextlib.nullcontext():
+            result = trainer.fit()
     except BaseException as e:  # the MLflow run says so; a relaunch sets it RUNNING again
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         tracking.RunLogger(uri, run_id).close(status=status, timeout=30)
@@ -375,8 +383,8 @@ def _reuse(folder: str, task, launch: Launch, name: str) -> dict:
     and its MLflow run the run."""
     from pipelines import tracking
 
-    print(f"{name}: finished earlier ({folder}); nothing to train (raise optim.epochs to "
-          "train on)")
+    say(f"{name}: finished earlier ({folder}); nothing to train (raise optim.epochs to "
+        "train on)")
     final = launch.workdir / "final"
     copy_checkpoint(folder, final)
     uri = launch.tracking()
@@ -435,7 +443,9 @@ class RayBackend:
         DataContext.get_current().enable_progress_bars = False
         # mlflow 3.17's sqlite store trips a sqlalchemy deprecation warning in every process
         warnings.filterwarnings("ignore", message=".*noload.*")
-        self.log = None
+        self.log, self.reporter = None, None
+        if self.rank == 0 and config.get("progress_queue") is not None:
+            self.reporter = ProgressReporter(config["progress_queue"], self.world)
         if self.rank == 0:
             from pipelines.tracking import RunLogger
 
@@ -443,17 +453,22 @@ class RayBackend:
 
     def train_batches(self, epoch: int, batch_size: int):
         """This worker's part of one training epoch, from the Ray Data stream or, with
-        ``data.loader: ffcv``, from ffcv's Loader over the node-local shards."""
+        ``data.loader: ffcv``, from ffcv's Loader over the node-local shards (rank 0 reports
+        its progress to the driver's stage bar when there is one)."""
         cfg = self.task.cfg
         if cfg.data.loader != "ffcv":
-            return self._batches("train", batch_size, shuffle=True, epoch=epoch)
-        from pipelines.ffcv_loader import ffcv_batches
+            batches = self._batches("train", batch_size, shuffle=True, epoch=epoch)
+        else:
+            from pipelines.ffcv_loader import ffcv_batches
 
-        return ffcv_batches(f"{self.config['shards']}/train", rank=self.rank, world=self.world,
-                            batch_size=batch_size, resolution=self.task.resolution,
-                            train=self.task.augment, epoch=epoch, seed=cfg.runtime.seed,
-                            crop_scale=(cfg.data.crop_min_scale, 1.0),
-                            num_workers=max(1, int(cfg.scaling.cpus_per_worker)))
+            batches = ffcv_batches(
+                f"{self.config['shards']}/train", rank=self.rank, world=self.world,
+                batch_size=batch_size, resolution=self.task.resolution, train=self.task.augment,
+                epoch=epoch, seed=cfg.runtime.seed, crop_scale=(cfg.data.crop_min_scale, 1.0),
+                num_workers=max(1, int(cfg.scaling.cpus_per_worker)))
+        if self.reporter is None:
+            return batches
+        return self.reporter.wrap(batches, epoch, self.config["train_images"])
 
     def eval_batches(self, batch_size: int):
         return self._batches("val", batch_size)

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import storage
 from .beton import BetonError, BetonReader
+from .sample import SETS
 from .shards import MANIFEST, ShardError, read_manifest, write_shards
 
 DEFAULT_CACHE = os.environ.get("ARINV_CACHE_DIR", "/tmp/arinv-shard-cache")
@@ -205,10 +206,10 @@ def run_shards(data, workdir: str | os.PathLike, *, progress: bool = True) -> st
     if data.shards:
         return data.shards.rstrip("/")
     root = Path(workdir).expanduser().resolve() / "shards"
-    if data.source == "sample":
-        return str(write_sample_shards(root / f"sample-{data.train_per_class}-"
+    if data.source in SETS:
+        return str(write_sample_shards(root / f"{data.source}-{data.train_per_class}-"
                                        f"{data.val_per_class}", data.train_per_class,
-                                       data.val_per_class, progress=progress))
+                                       data.val_per_class, progress=progress, name=data.source))
     src = Path(data.source).expanduser().resolve()
     dest = root / f"{src.name}-{hashlib.sha1(str(src).encode()).hexdigest()[:8]}"
     for split in ("train", "val"):
@@ -219,12 +220,12 @@ def run_shards(data, workdir: str | os.PathLike, *, progress: bool = True) -> st
 
 
 def write_sample_shards(dest: str | os.PathLike, train_per_class: int, val_per_class: int, *,
-                        progress: bool = True) -> Path:
-    """The bundled sample set as ``dest/train`` and ``dest/val`` shard sets (kept if present)."""
+                        progress: bool = True, name: str = "sample") -> Path:
+    """Bundled set ``name`` as ``dest/train`` and ``dest/val`` shard sets (kept if present)."""
     dest = Path(dest)
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         if not (dest / split / MANIFEST).is_file():
-            write_shards(f"sample:{split}:{per_class}", dest / split, samples_per_shard=256,
+            write_shards(f"{name}:{split}:{per_class}", dest / split, samples_per_shard=256,
                          max_resolution=500, jpeg_quality=95, compress_probability=1.0,
                          overwrite=True, progress=progress, executor="process")
     return dest

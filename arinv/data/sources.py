@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from .sample import SETS as SAMPLE_SETS
+
 FORMATS = ("imagefolder", "cifar10", "catsdogs", "sample")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff",
                               ".webp", ".gif"})
@@ -60,7 +62,8 @@ class Source:
 
 def open_source(spec: str | os.PathLike, source_format: str | None = None,
                 split: str | None = None) -> Source:
-    """List ``spec``: a path, "sample", "sample:<split>" or "sample:<split>:<crops per class>".
+    """List ``spec``: a path, or a bundled set ("sample" or "sample-gray", see
+    ``arinv.data.sample``) as NAME, NAME:<split> or NAME:<split>:<crops per class>.
     ``split`` is the CIFAR-10 or sample split, or for a folder source the subfolder to use
     (e.g. ImageNet's "train")."""
     spec = os.fspath(spec)
@@ -68,11 +71,12 @@ def open_source(spec: str | os.PathLike, source_format: str | None = None,
     if fmt not in FORMATS:
         raise SourceError(f"unknown source format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "sample":
-        _, spec_split, per_class = (spec.split(":") + ["", ""])[:3]
+        name, spec_split, per_class = (spec.split(":") + ["", ""])[:3]
         if per_class and not per_class.isdigit():
             raise SourceError(f"{spec!r}: write the sample source as sample:<split>:<crops per "
                               "class>, e.g. sample:train:96")
-        return sample_source(split or spec_split or "train", int(per_class or 48))
+        return sample_source(split or spec_split or "train", int(per_class or 48),
+                             name if name in SAMPLE_SETS else "sample")
     root = _directory(spec)
     if fmt == "cifar10":
         return cifar10_source(root, split or "train")
@@ -83,7 +87,7 @@ def open_source(spec: str | os.PathLike, source_format: str | None = None,
 
 
 def detect_format(spec: str, split: str | None = None) -> str:
-    if spec == "sample" or spec.startswith("sample:"):
+    if spec.split(":")[0] in SAMPLE_SETS:
         return "sample"
     root = _directory(spec)
     if _cifar_folder(root):
@@ -273,28 +277,28 @@ def _cifar_folder(root: Path) -> Path | None:
 
 # --- the bundled sample set ----------------------------------------------------------------------
 
-def sample_source(split: str = "train", per_class: int = 48) -> Source:
-    from .sample import PHOTOS
-
+def sample_source(split: str = "train", per_class: int = 48, name: str = "sample") -> Source:
+    """Bundled set ``name`` ("sample" or "sample-gray")."""
     if split not in ("train", "val"):
         raise SourceError(f"sample split must be 'train' or 'val', got {split!r}")
     if per_class < 1:
         raise SourceError(f"sample: crops per class must be >= 1, got {per_class}")
-    n = len(_sample(split, per_class).labels)
-    return Source("sample", f"sample:{split}:{per_class}", list(PHOTOS),
-                  [(split, i, per_class) for i in range(n)], load_sample_image, split=split)
+    s = _sample(split, per_class, name)
+    return Source("sample", f"{name}:{split}:{per_class}", list(s.classes),
+                  [(split, i, per_class, name) for i in range(len(s.labels))],
+                  load_sample_image, split=split)
 
 
-def load_sample_image(ref: tuple[str, int, int]) -> tuple[np.ndarray, int]:
-    s = _sample(ref[0], ref[2])
+def load_sample_image(ref: tuple) -> tuple[np.ndarray, int]:
+    s = _sample(ref[0], ref[2], *ref[3:])
     return s.images[ref[1]], int(s.labels[ref[1]])
 
 
 @lru_cache(maxsize=4)
-def _sample(split: str, per_class: int = 48):
+def _sample(split: str, per_class: int = 48, name: str = "sample"):
     from .sample import sample_set
 
-    return sample_set(split, per_class=per_class)
+    return sample_set(split, per_class=per_class, name=name)
 
 
 # --- shared checks -------------------------------------------------------------------------------

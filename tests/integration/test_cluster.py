@@ -14,7 +14,9 @@ ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
 
-def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
+def test_quickstart_main_job_at_toy_size(tmp_path, capfd):
+    """End to end at toy size; the terminal gets the stage lines, the report and where things
+    are (last), Ray's own output goes to WORKDIR/arinv.log."""
     from pipelines.cli import main
 
     toy = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
@@ -24,13 +26,25 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
     for o in toy:
         args += ["--set", o]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[2].startswith("**Robustness:** under L2 PGD at ε = 2 ")
+    assert report.splitlines()[3].startswith("**Reconstruction:** the robust autoencoder")
+    assert "== training the robust encoder (tiny-gray-robust" in out
+    assert "   standard encoder: clean accuracy" in out
+    log = (tmp_path / "arinv.log").read_text()
+    for ray_line in ("Reporting training result", "Checkpoint successfully created"):
+        assert ray_line in log and ray_line not in out + err
+    assert out.rstrip().splitlines()[-4:] == [
+        f"log:     {tmp_path / 'arinv.log'} (Ray's and the workers' output; --verbose shows "
+        "it here)", f"report:  {tmp_path / 'report.md'}",
+        f"grid:    {tmp_path / 'reconstructions.png'}",
+        f"MLflow:  mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}  (then "
+        "open http://127.0.0.1:5000)"]
     assert "| standard (models:/arinv-alexnet_small@standard) |" in report
     assert "| robust (models:/arinv-alexnet_small-conv5-autoencoder@robust) |" in report
     assert (tmp_path / "robustness.png").stat().st_size > 1000
     assert (tmp_path / "reconstructions.png").stat().st_size > 1000
-    assert str(tmp_path / "report.md") in out and "mlflow ui --backend-store-uri" in out
     results = json.loads((tmp_path / "results.json").read_text())
     for kind in ("standard", "robust"):
         q = results["generators"][kind]["quality"]
@@ -52,12 +66,12 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capsys):
     versions = {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
                 for m in client.search_registered_models()}
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert out.count("nothing to train") == 4
     assert sorted((tmp_path / "ray").glob("*/checkpoint_*")) == checkpoints
     assert {m.name: len(client.search_model_versions(f"name = '{m.name}'"))
             for m in client.search_registered_models()} == versions
-    check_demos_and_denoise_cli(tmp_path, client, capsys)
+    check_demos_and_denoise_cli(tmp_path, client, capfd)
 
 
 DEMO_TOY = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=8",
@@ -65,7 +79,7 @@ DEMO_TOY = ["data.train_per_class=8", "data.val_per_class=4", "optim.batch_size=
             "scaling.cpus_per_worker=1"]
 
 
-def check_demos_and_denoise_cli(workdir, client, capsys):
+def check_demos_and_denoise_cli(workdir, client, capfd):
     """The Sec. A3 applications on the quickstart's models: 'arinv demo style' trains and
     registers the conv2 / conv1 generators of both encoders and stylizes with each set;
     'arinv demo denoise' trains both wavelet denoisers (Tables A8/A9) on Ray Train and
@@ -81,7 +95,7 @@ def check_demos_and_denoise_cli(workdir, client, capsys):
     for o in DEMO_TOY:
         demo += ["--set", o]
     assert main(["demo", "style", *demo]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "running the quickstart first" not in out and "style.png" in out
     assert (workdir / "style" / "style.png").stat().st_size > 1000
     for kind in ("standard", "robust"):
@@ -94,7 +108,7 @@ def check_demos_and_denoise_cli(workdir, client, capsys):
         assert mv.tags["arinv.kind"] == "autoencoder"
 
     assert main(["demo", "denoise", *demo]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "8 images, clipped white Gaussian noise, sigma 50/255" in out
     assert "robust - standard denoiser: PSNR" in out
     result = json.loads((workdir / "denoise" / "result.json").read_text())
@@ -123,7 +137,7 @@ def check_demos_and_denoise_cli(workdir, client, capsys):
         assert Image.open(workdir / "out" / f.name).size == Image.open(f).size
     assert main(["denoise", "eval", *base, "--clean", str(photos), "--robust", "robust",
                  "--workdir", str(workdir / "eval")]) == 0
-    assert "2 images, clipped white Gaussian noise, sigma 50/255" in capsys.readouterr().out
+    assert "2 images, clipped white Gaussian noise, sigma 50/255" in capfd.readouterr().out
     md = (workdir / "eval" / "denoise_eval.md").read_text()
     for row in ("| noisy input |", "| robust (models:/arinv-alexnet_small-denoiser@robust) |",
                 "| non-local means (scikit-image) |"):
@@ -134,7 +148,7 @@ def check_demos_and_denoise_cli(workdir, client, capsys):
     # an encoder where a denoiser belongs: refused naming the URI, before any image is written
     assert main(["denoise", *base, "--in", str(photos), "--out", str(workdir / "bad"),
                  "--model", "models:/arinv-alexnet_small@robust"]) == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "models:/arinv-alexnet_small@robust: has no denoiser checkpoint (an arinv encoder" \
         in err
     assert not (workdir / "bad").exists()

@@ -512,3 +512,27 @@ def test_data_write_and_the_ray_entrypoint_share_one_argument_list(capsys):
     assert options["ray_address"] == ["--ray-address", "--address"]
     for dest, strings in options.items():
         assert all(s in cli_help for s in strings), dest
+
+
+def test_gray_sample_set_hides_colour_and_grey_level(tmp_path):
+    """The main job's task: three equal channels, and a crop's grey level and contrast say
+    little about its class (nearest class mean on (mean, std) stays near chance), so a
+    network has to read texture."""
+    from arinv.data.sample import GRAY_PHOTOS
+
+    m = write_shards("sample-gray:val:4", tmp_path / "out", samples_per_shard=64, workers=1,
+                     progress=False)
+    assert m["classes"] == list(GRAY_PHOTOS)
+    assert m["source"]["location"] == "sample-gray:val:4"
+    _, got = read_set(tmp_path / "out")
+    assert [lab for _, lab in got] == sample_set("val", per_class=4, name="sample-gray"
+                                                 ).labels.tolist()
+    s = sample_set("train", per_class=24, name="sample-gray")
+    assert (s.images[..., 0] == s.images[..., 1]).all() and (s.images[..., 1] ==
+                                                             s.images[..., 2]).all()
+    stats = np.stack([s.images[..., 0].mean((1, 2)), s.images[..., 0].std((1, 2))], 1)
+    centres = np.stack([stats[s.labels == c].mean(0) for c in range(len(GRAY_PHOTOS))])
+    nearest = np.argmin(((stats[:, None] - centres[None]) ** 2).sum(-1), 1)
+    assert (nearest == s.labels).mean() < 0.3  # chance 1/16; the colour set's would be high
+    with pytest.raises(ValueError, match="unknown bundled set 'sample-grey'"):
+        sample_set("val", name="sample-grey")

@@ -1,0 +1,39 @@
+"""The quickstart report's verdict: numbers in, the two lines that say whether this run shows
+the paper's effects."""
+
+from pipelines.quickstart import task_line, verdict
+
+
+def results(std_acc, rob_acc, std_q, rob_q):
+    enc = lambda clean, at2: {"robustness": {"clean": clean, "pgd": {"0.5": clean, "2.0": at2}},  # noqa: E731
+                              "config": {"encoder.num_classes": 16,
+                                         "data.source": "sample-gray"}}
+    gen = lambda psnr, ssim: {"quality": {"psnr": psnr, "ssim": ssim}}  # noqa: E731
+    return {"standard": enc(*std_acc), "robust": enc(*rob_acc)}, \
+        {"standard": gen(*std_q), "robust": gen(*rob_q)}
+
+
+def test_verdict_when_the_run_shows_both_effects():
+    encs, gens = results((0.40, 0.05), (0.38, 0.25), (12.0, 0.20), (13.5, 0.31))
+    rob, rec = verdict(encs, gens)
+    assert rob.startswith("**Robustness:** under L2 PGD at ε = 2 the robust encoder keeps "
+                          "0.250 accuracy, the standard one 0.050")
+    assert "a gap of +0.200, the paper's effect." in rob
+    assert "(+1.50 dB, +0.110), as in the paper." in rec
+
+
+def test_verdict_says_when_an_effect_is_missing():
+    # the standard encoder keeps more than half its clean accuracy: not the paper's picture
+    rob, rec = verdict(*results((0.40, 0.30), (0.50, 0.46), (14.0, 0.30), (13.0, 0.35)))
+    assert "does NOT show the paper's effect" in rob and "at most half" in rob
+    assert "(-1.00 dB, +0.050), so this run does NOT show" in rec
+    # a gap under 0.15 is not enough either
+    rob, _ = verdict(*results((0.40, 0.05), (0.38, 0.15), (12.0, 0.2), (13.0, 0.3)))
+    assert "does NOT show" in rob
+
+
+def test_task_line_names_the_task_and_chance():
+    encs, _ = results((0.4, 0.1), (0.4, 0.3), (1, 0.1), (2, 0.2))
+    assert task_line({"encoders": encs}) == (
+        "Task: which of the 16 bundled grayscale photographs and textures a crop comes from "
+        "(random contrast and brightness); chance 0.0625.")
