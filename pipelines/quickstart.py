@@ -138,7 +138,7 @@ def _run(workdir: Path, encs: dict, gens: dict, progress: bool, verbose: bool,
             f"({(time.perf_counter() - start) / 60:.1f} min) -> {r['registered']}")
     say("== loading both autoencoders back from the registry")
     grid = reconstruction_grid(workdir / "reconstructions.png", results, gens, tracking_uri)
-    report = write_report(workdir, results, time.perf_counter() - t0, grid)
+    report = write_report(workdir, results, time.perf_counter() - t0, grid, bundled)
     log_report(workdir, tracking_uri)
     (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     say("\n" + report.read_text())
@@ -175,7 +175,8 @@ def reconstruction_grid(path: Path, results: dict, gens: dict, tracking_uri: str
     return save_grid(path, rows)
 
 
-def write_report(workdir: Path, results: dict, seconds: float, grid: Path) -> Path:
+def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
+                 bundled: bool = True) -> Path:
     encs, gens = results["encoders"], results["generators"]
     eps = sorted({float(e) for r in encs.values() for e in r["robustness"]["pgd"]})
     rows = ["| encoder | clean | " + " | ".join(f"PGD ε={e:g}" for e in eps) + " | sanity checks |",
@@ -199,7 +200,7 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path) -> Pa
     n_q = next(iter(gens.values()))["quality"]["n"]
     text = "\n".join([
         "# arinv quickstart report", "", *verdict(encs, gens), "",
-        f"Total time {seconds / 60:.1f} min. {task_line(results)}", "",
+        f"Total time {seconds / 60:.1f} min. {task_line(results, bundled)}", "",
         f"## Encoders: accuracy on {any_rob['n']} held-out crops under L2 PGD-{any_rob['steps']}",
         "", *rows, "", "![accuracy against ε](robustness.png)", "",
         f"## Feature inversion (conv5) on {n_q} held-out crops", "", *q_rows, "",
@@ -218,14 +219,16 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path) -> Pa
     return path
 
 
-def task_line(results: dict) -> str:
-    """What the encoders classify, from the results' first encoder's training config."""
+def task_line(results: dict, bundled: bool = True) -> str:
+    """What the encoders classify (the bundled set their config names, or ``--shards``), from
+    the standard encoder's training config."""
     cfg = results["encoders"]["standard"]["config"]  # flattened
     n, source = cfg["encoder.num_classes"], cfg["data.source"]
     what = {"sample": "which of the 8 bundled colour photographs a crop comes from",
             "sample-gray": "which of the 16 bundled grayscale photographs and textures a "
-                           "crop comes from (random contrast and brightness)"}.get(
-        source, f"the {n} classes of {source}")
+                           "crop comes from (random contrast and brightness)"}.get(source) \
+        if bundled else None
+    what = what or f"the {n} classes of {cfg['data.shards'] if not bundled else source}"
     return f"Task: {what}; chance {1 / n:.3g}."
 
 

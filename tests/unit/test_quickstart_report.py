@@ -7,7 +7,8 @@ from pipelines.quickstart import task_line, verdict
 def results(std_acc, rob_acc, std_q, rob_q):
     enc = lambda clean, at2: {"robustness": {"clean": clean, "pgd": {"0.5": clean, "2.0": at2}},  # noqa: E731
                               "config": {"encoder.num_classes": 16,
-                                         "data.source": "sample-gray"}}
+                                         "data.source": "sample-gray",
+                                         "data.shards": "s3://b/mine"}}
     gen = lambda psnr, ssim: {"quality": {"psnr": psnr, "ssim": ssim}}  # noqa: E731
     return {"standard": enc(*std_acc), "robust": enc(*rob_acc)}, \
         {"standard": gen(*std_q), "robust": gen(*rob_q)}
@@ -37,3 +38,5 @@ def test_task_line_names_the_task_and_chance():
     assert task_line({"encoders": encs}) == (
         "Task: which of the 16 bundled grayscale photographs and textures a crop comes from "
         "(random contrast and brightness); chance 0.0625.")
+    assert task_line({"encoders": encs}, bundled=False) == \
+        "Task: the 16 classes of s3://b/mine; chance 0.0625."
