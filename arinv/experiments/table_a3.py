@@ -61,8 +61,9 @@ def checked(cfg, where: str):
 
 def trial_configs(sw: SweepConfig, eps: float) -> tuple[EncoderTrainConfig, GeneratorTrainConfig]:
     """The eps column's encoder and generator configs: the sweep's presets with its overrides,
-    the encoder's attack at eps (none at eps = 0) and its evaluation radii including the
-    table's; the generator's ``encoder.checkpoint`` is left for the trial to set to the
+    the encoder's attack at eps (none at eps = 0; a preset's explicit step size scaled with eps,
+    so every column takes the same steps relative to its radius) and its evaluation radii
+    including the table's; the generator's ``encoder.checkpoint`` is left for the trial to set to the
     encoder it trained."""
     shards = [f"data.shards={sw.shards}"] if sw.shards else []
     enc = load_preset(EncoderTrainConfig, sw.encoder, [*shards, *sw.encoder_set], "encoder_set")
@@ -74,7 +75,7 @@ def trial_configs(sw: SweepConfig, eps: float) -> tuple[EncoderTrainConfig, Gene
     trial = trial_name(eps)
     enc = dataclasses.replace(
         enc, name=run_name(sw.name, trial, "encoder"),
-        attack=dataclasses.replace(enc.attack, eps=eps) if eps > 0 else None,
+        attack=_attack_at(enc.attack, eps) if eps > 0 else None,
         eval=dataclasses.replace(enc.eval, pgd_eps=sorted({*enc.eval.pgd_eps, radius})))
     gen = load_preset(GeneratorTrainConfig, sw.generator, [*shards, *sw.generator_set],
                       "generator_set")
@@ -85,6 +86,11 @@ def trial_configs(sw: SweepConfig, eps: float) -> tuple[EncoderTrainConfig, Gene
                           f"{gen.encoder.name} encoder, but preset {sw.encoder!r} trains a "
                           f"{enc.encoder.name}; pick a matching pair")
     return checked(enc, f"eps={eps:g} encoder"), checked(gen, f"eps={eps:g} generator")
+
+
+def _attack_at(attack, eps: float):
+    step = None if attack.step_size is None else attack.step_size * eps / attack.eps
+    return dataclasses.replace(attack, eps=eps, step_size=step)
 
 
 def row(eps: float, standard_attack_eps: float, robustness: dict, quality: dict) -> dict:

@@ -31,7 +31,8 @@ def test_eps_trials_follow_table_a3():
     assert enc0.attack is None  # eps 0 = standard training, attacked at 0.25 for the table
     assert 0.25 in enc0.eval.pgd_eps and enc0.name == "tiny-sample-sweep-eps0-encoder"
     enc, gen = table_a3.trial_configs(sw, 1.5)
-    assert enc.attack.eps == 1.5 and enc.attack.effective_step_size == pytest.approx(0.3)
+    # the preset's 2 steps of 0.75 at eps 1, scaled with the column's radius
+    assert enc.attack.eps == 1.5 and enc.attack.effective_step_size == pytest.approx(1.125)
     assert 1.5 in enc.eval.pgd_eps
     assert gen.encoder.checkpoint is None and gen.loss.gan == 0 and gen.loss.pix > 0
     assert gen.name == "tiny-sample-sweep-eps1.5-generator"
