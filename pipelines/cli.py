@@ -286,7 +286,9 @@ DATA_EPILOG = """sources (detected from SOURCE, or named with --source-format):
                SOURCE/S is used (e.g. ImageNet's train/ or val/).
   cifar10      the extracted cifar-10-batches-py/ folder (or its parent); --split train|test.
   catsdogs     a flat folder of cat.*.jpg and dog.*.jpg (Kaggle Dogs vs. Cats); cat 0, dog 1.
-  sample       the bundled sample set: SOURCE 'sample' or 'sample:val' (--split train|val).
+  sample       a bundled set: SOURCE 'sample' (8 colour photographs) or 'sample-gray' (16
+               grayscale photographs and textures, the quickstart's task), or 'sample:val'
+               (--split train|val).
 
 Files count as images by extension (.jpg .jpeg .png .ppm .pgm .bmp .tif .tiff .webp .gif, any
 case); other files are ignored and counted in the manifest. Images that cannot be decoded (corrupt,
