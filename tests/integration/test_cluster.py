@@ -185,13 +185,14 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(two_nodes, s3_env,
     from pipelines.sweep import run_sweep
     from pipelines.trainer import Launch
 
-    local = write_sample_shards(tmp_path / "shards", 8, 4, progress=False)
+    # the sweep presets' task: the 16-class grayscale set
+    local = write_sample_shards(tmp_path / "shards", 4, 2, progress=False, name="sample-gray")
     shards = s3_prefix + "shards"
     for split in ("train", "val"):
         storage.upload_dir(local / split, f"{shards}/{split}")
     sw = load_config(SweepConfig, "tiny-sample-sweep", [
         "name=s3sweep", "eps=[1.0]", f"shards={shards}",
-        "encoder_set=[data.train_per_class=8, optim.batch_size=8, optim.epochs=1, attack.steps=2,"
+        "encoder_set=[data.train_per_class=4, optim.batch_size=8, optim.epochs=1, attack.steps=2,"
         " eval.pgd_steps=2, eval.images=16, eval.every=0, scaling.cpus_per_worker=1]",
         "generator_set=[optim.batch_size=8, optim.epochs=1, eval.images=8, eval.epoch_images=8, eval.ri_steps=0, "
         "scaling.cpus_per_worker=1]"])

@@ -30,7 +30,7 @@ ENCODER_EPOCHS = 2  # the trials are killed after their first checkpoint: mid-tr
 TOY = """extends: tiny-sample-sweep
 name: toy
 eps: [0.0, 1.0]
-encoder_set: [data.train_per_class=8, data.val_per_class=4, optim.batch_size=8,
+encoder_set: [data.train_per_class=4, data.val_per_class=2, optim.batch_size=8,
   eval.pgd_steps=2, eval.images=16, eval.epoch_images=8, "eval.pgd_eps=[0.5]", eval.every=1,
   scaling.cpus_per_worker=1, optim.epochs=%d, attack.steps=2]
 generator_set: [optim.batch_size=8, optim.epochs=1, eval.images=8, eval.epoch_images=8, eval.ri_steps=0,
@@ -162,7 +162,7 @@ def test_loss_weight_search_with_asha_writes_the_best_preset(eps_sweep, tmp_path
 
     monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
     uri = eps_sweep["uri"]
-    shards = eps_sweep["workdir"] / "shards" / "sample-8-4"
+    shards = eps_sweep["workdir"] / "shards" / "sample-gray-4-2"  # the presets' grayscale set
     sw = load_config(SweepConfig, "tiny-sample-weights", [
         "name=toyw", f"shards={shards}", "search.encoder=models:/arinv-alexnet_small@toy-best",
         "search.samples=2", "search.grace_period=1", "search.seed=1",
