@@ -90,7 +90,7 @@ def run(args, name: str) -> dict:
     yv = torch.from_numpy(yva[pick.numpy()]).long()
     model = alexnet_small(num_classes=int(yt.max()) + 1)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.StepLR(opt, int(args.epochs * 0.75), 0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, max(1, int(args.epochs * 0.75)), 0.1)
     t0 = time.perf_counter()
     for _ in range(args.epochs):
         model.train()
