@@ -149,12 +149,14 @@ class DataConfig:
                         f"{self.shards!r}; use loader=ray for S3")
         if not 0 < self.crop_min_scale <= 1:
             errs.append(f"crop_min_scale: must be in (0, 1], got {self.crop_min_scale}")
-        if self.source not in ("sample", "sample-gray") and not self.shards:
+        from arinv.data.sample import SETS
+
+        if self.source not in SETS and not self.shards:
             root = Path(self.source).expanduser()
             missing = [s for s in ("train", "val") if not (root / s).is_dir()]
             if missing:
-                errs.append(f"source: {self.source!r} is neither a bundled set ('sample', "
-                            f"'sample-gray') nor a folder with "
+                errs.append(f"source: {self.source!r} is neither a bundled set "
+                            f"({', '.join(map(repr, SETS))}) nor a folder with "
                             f"train/ and val/ ImageFolder trees (missing: {', '.join(missing)}); "
                             "or set data.shards to a shard set written by 'arinv data write'")
         if self.train_per_class < 1 or self.val_per_class < 1:

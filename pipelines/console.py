@@ -151,8 +151,7 @@ class StageBar:
                 break
             if bar is None:
                 bar = tqdm(total=(self.epochs - self.start_epoch) * per_epoch, file=terminal(),
-                           unit="img", dynamic_ncols=True, mininterval=1.0,
-                           initial=0, smoothing=0.1)
+                           unit="img", dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
             bar.set_description(f"{self.name} epoch {epoch + 1}/{self.epochs}", refresh=False)
             # between epochs the workers evaluate and checkpoint: say so, not a frozen bar
             bar.set_postfix_str("evaluating, checkpointing" if seen >= per_epoch else "",

@@ -224,10 +224,9 @@ def task_line(results: dict, bundled: bool = True) -> str:
     the standard encoder's training config."""
     cfg = results["encoders"]["standard"]["config"]  # flattened
     n, source = cfg["encoder.num_classes"], cfg["data.source"]
-    what = {"sample": "which of the 8 bundled colour photographs a crop comes from",
-            "sample-gray": "which of the 16 bundled grayscale photographs and textures a "
-                           "crop comes from (random contrast and brightness)"}.get(source) \
-        if bundled else None
+    from arinv.data.sample import TASKS
+
+    what = TASKS.get(source) if bundled else None
     what = what or f"the {n} classes of {cfg['data.shards'] if not bundled else source}"
     return f"Task: {what}; chance {1 / n:.3g}."
 

@@ -80,8 +80,10 @@ def evaluation_images(cfg: ScaleConfig, workdir: Path, resolution: int, progress
     )
     from arinv.train.run import collect
 
-    if cfg.data is None:  # the quickstart's task: the bundled grayscale set, 16 classes
-        per_class = -(-cfg.images // 16)
+    if cfg.data is None:  # the quickstart's task: the bundled grayscale set
+        from arinv.data.sample import GRAY_PHOTOS
+
+        per_class = -(-cfg.images // len(GRAY_PHOTOS))
         split = str(write_sample_shards(workdir / "shards" / f"sample-gray-1-{per_class}", 1,
                                         per_class, progress=progress, name="sample-gray")
                     / "val")

@@ -29,6 +29,9 @@ GRAY_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry
                "hubble_deep_field", "camera", "moon", "coins", "brick", "grass", "gravel",
                "text", "page", "cell", "retina")
 SETS = {"sample": PHOTOS, "sample-gray": GRAY_PHOTOS}
+TASKS = {"sample": "which of the 8 bundled colour photographs a crop comes from",  # reports
+         "sample-gray": "which of the 16 bundled grayscale photographs and textures a crop "
+                        "comes from (random contrast and brightness)"}
 _TRAIN_FRACTION = 0.7  # of each photograph's width
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
