@@ -4,8 +4,8 @@ a standard (and optionally an adversarially trained) small AlexNet under L2 PGD,
 
 Tasks (no download; all ship inside scikit-image / scikit-learn):
   colour    the 8 bundled colour photographs (``sample``): label = source photograph
-  gray16    the 16 grayscale photographs and textures with random contrast / brightness
-            (``sample-gray``, the main job's task)
+  gray16    the 16 grayscale photographs and textures, each crop standardised to one grey
+            level and contrast (``sample-gray``, the main job's task)
   gray8     the first 8 classes of gray16
   digits    scikit-learn's 8 x 8 handwritten digits (1,797), upsampled to 160 px, 80/20 split
 

@@ -9,10 +9,13 @@ seen in training.
   small L2 perturbations cannot move those: a standard network trained on them is already
   about as robust as an adversarially trained one (see docs/benchmarks.md).
 - ``sample-gray``: 16 photographs and textures (``GRAY_PHOTOS``), every crop converted to
-  luminance with a random contrast (x0.6-1.4) and brightness (mean 70-185 of 255), so neither
-  colour nor grey level identifies a class: a network must read texture and shape, and a
-  standard one learns the brittle features adversarial training removes, as on CIFAR-10 and
-  ImageNet. The main job's task. Stored as RGB (three equal channels).
+  luminance and standardised to the same mean (128 of 255) and contrast (standard deviation
+  48), so neither colour nor grey level identifies a class: a network must read texture and
+  shape, and a standard one learns the brittle features adversarial training removes, as on
+  CIFAR-10 and ImageNet. Standardised rather than randomly jittered: with a random brightness
+  per crop the encoders learn to discard brightness, and no generator can then recover it, so
+  PSNR compares nothing (docs/benchmarks.md). The main job's task. Stored as RGB (three equal
+  channels).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ GRAY_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry
 SETS = {"sample": PHOTOS, "sample-gray": GRAY_PHOTOS}
 TASKS = {"sample": "which of the 8 bundled colour photographs a crop comes from",  # reports
          "sample-gray": "which of the 16 bundled grayscale photographs and textures a crop "
-                        "comes from (random contrast and brightness)"}
+                        "comes from (each crop standardised to one mean and contrast)"}
 _TRAIN_FRACTION = 0.7  # of each photograph's width
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_GRAY_MEAN, _GRAY_STD, _GRAY_MIN_STD = 128.0, 48.0, 12.0  # of 255
 
 
 @dataclass
@@ -90,13 +94,15 @@ def sample_set(split: str = "train", *, per_class: int = 48, size: int = 160,
             left = int(rng.integers(x_lo, x_hi - side + 1))
             crop = Image.fromarray(photo[top:top + side, left:left + side])
             crop = np.asarray(crop.resize((size, size), Image.BICUBIC))
-            images.append(_jittered_gray(crop, rng) if gray else crop)
+            images.append(_standard_gray(crop) if gray else crop)
             labels.append(label)
     return SampleSet(np.stack(images), np.asarray(labels, dtype=np.int64), list(SETS[name]))
 
 
-def _jittered_gray(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Luminance with a random contrast and mean, as three equal uint8 channels."""
+def _standard_gray(crop: np.ndarray) -> np.ndarray:
+    """Luminance standardised to mean ``_GRAY_MEAN`` and standard deviation ``_GRAY_STD``
+    (a near-flat crop is stretched at most ``_GRAY_STD / _GRAY_MIN_STD`` times), as three equal
+    uint8 channels."""
     y = crop.astype(np.float32) @ _LUMA
-    y = (y - y.mean()) * rng.uniform(0.6, 1.4) + rng.uniform(70, 185)
+    y = (y - y.mean()) * (_GRAY_STD / max(float(y.std()), _GRAY_MIN_STD)) + _GRAY_MEAN
     return np.repeat(np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None], 3, -1)

@@ -37,6 +37,6 @@ def test_task_line_names_the_task_and_chance():
     encs, _ = results((0.4, 0.1), (0.4, 0.3), (1, 0.1), (2, 0.2))
     assert task_line({"encoders": encs}) == (
         "Task: which of the 16 bundled grayscale photographs and textures a crop comes from "
-        "(random contrast and brightness); chance 0.0625.")
+        "(each crop standardised to one mean and contrast); chance 0.0625.")
     assert task_line({"encoders": encs}, bundled=False) == \
         "Task: the 16 classes of s3://b/mine; chance 0.0625."
