@@ -235,7 +235,8 @@ def verdict(encs: dict, gens: dict) -> list[str]:
     """The report's first two lines: the robustness gap at the largest ε evaluated and the
     reconstruction gap, each saying whether this run shows the paper's effect (standard
     accuracy at most half its clean accuracy and the robust one at least 0.15 above it; robust
-    PSNR and SSIM above the standard ones)."""
+    PSNR and SSIM above the standard ones; a PSNR gap under ``CLEAR_DB`` is called within
+    run-to-run variation)."""
     std, rob = encs["standard"]["robustness"], encs["robust"]["robustness"]
     eps = max(std["pgd"], key=float)
     a_std, a_rob = std["pgd"][eps], rob["pgd"].get(eps, float("nan"))
@@ -252,8 +253,16 @@ def verdict(encs: dict, gens: dict) -> list[str]:
         f"**Reconstruction:** the robust autoencoder reaches PSNR {q_rob['psnr']:.2f} dB / SSIM "
         f"{q_rob['ssim']:.3f} on held-out images, the standard one {q_std['psnr']:.2f} dB / "
         f"{q_std['ssim']:.3f} ({d_psnr:+.2f} dB, {d_ssim:+.3f}), "
-        + ("as in the paper." if better else "so this run does NOT show the paper's effect."),
+        + ("so this run does NOT show the paper's effect." if not better else
+           "as in the paper." if d_psnr >= CLEAR_DB else
+           f"the paper's direction, but under {CLEAR_DB:g} dB apart: within run-to-run "
+           "variation."),
     ]
+
+
+# the standard autoencoder's held-out PSNR moved 0.6 dB between two seeds of the main job
+# (docs/benchmarks.md): a smaller gap between the two autoencoders is not evidence of an effect
+CLEAR_DB = 0.5
 
 
 def log_report(workdir: Path, tracking_uri: str) -> None:

@@ -21,6 +21,10 @@ def test_verdict_when_the_run_shows_both_effects():
                           "0.250 accuracy, the standard one 0.050")
     assert "a gap of +0.200, the paper's effect." in rob
     assert "(+1.50 dB, +0.110), as in the paper." in rec
+    # better by less than seeds move it: said, not claimed
+    _, rec = verdict(*results((0.40, 0.05), (0.38, 0.25), (16.38, 0.465), (16.46, 0.472)))
+    assert rec.endswith("(+0.08 dB, +0.007), the paper's direction, but under 0.5 dB apart: "
+                        "within run-to-run variation.")
 
 
 def test_verdict_says_when_an_effect_is_missing():
