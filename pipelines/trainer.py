@@ -226,38 +226,45 @@ def ray_storage_path(path: str) -> str:
     return path[len("s3://"):] if storage.is_s3(path) else path
 
 
-def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
-    """(location, bytes) of the newest ``state.pt`` under the run's Ray storage, if any (Ray
-    names checkpoint folders by time, so the last in sorted order is the newest)."""
+def _state_files(storage_path: str, name: str) -> list[str]:
+    """Locations of every ``state.pt`` under the run's Ray storage, oldest first (Ray names
+    checkpoint folders by time, so sorted order is age order)."""
     run = f"{storage_path.rstrip('/')}/{name}"
     if storage.is_s3(run):
         names = sorted({k[len(run) + 1:].split("/")[0] for k in storage.list_prefix(run + "/")
                         if k.endswith("/" + STATE)})
-        dirs = [n for n in names if n.startswith("checkpoint_")]
-        if not dirs:
-            return None
-        uri = f"{run}/{dirs[-1]}/{STATE}"
-        return uri, storage.read_bytes(uri)
-    found = sorted(Path(run).glob(f"checkpoint_*/{STATE}"))
-    return (str(found[-1]), found[-1].read_bytes()) if found else None
+        return [f"{run}/{n}/{STATE}" for n in names if n.startswith("checkpoint_")]
+    return [str(f) for f in sorted(Path(run).glob(f"checkpoint_*/{STATE}"))]
+
+
+def latest_state(storage_path: str, name: str) -> tuple[str, bytes] | None:
+    """(location, bytes) of the newest ``state.pt`` under the run's Ray storage, if any."""
+    found = _state_files(storage_path, name)
+    return (found[-1], storage.read_bytes(found[-1])) if found else None
 
 
 def check_resume(storage_path: str, name: str, *, task) -> tuple[str, int, bool] | None:
     """Refuse, before any worker starts, a run whose storage holds a checkpoint of another
     kind, architecture or incompatible config (a worker would fail on it max_failures times).
     Returns None for a new run, else ``(checkpoint directory, its epoch, finished)``; finished:
-    its last epoch and result files are there, nothing to train."""
+    its last epoch and result files are there, nothing to train. A newest ``state.pt`` that does
+    not read back (the run was killed while persisting it) is passed over, with a line saying
+    so, for the whole one before it; refused only when none reads back."""
     import io
 
-    found = latest_state(storage_path, name)
-    if found is None:
+    found = _state_files(storage_path, name)
+    if not found:
         return None
-    where, data = found
-    try:
-        payload = read_payload(where, io.BytesIO(data))
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} (remove the run folder {storage_path}/{name} or use "
-                              "another --run-name)") from None
+    for i, where in enumerate(reversed(found)):
+        try:
+            payload = read_payload(where, io.BytesIO(storage.read_bytes(where)))
+            break
+        except CheckpointError as e:
+            if i == len(found) - 1:
+                raise CheckpointError(f"{e} (remove the run folder {storage_path}/{name} or use "
+                                      "another --run-name)") from None
+            say(f"{name}: passing over {where}: it does not read back whole (a run killed while "
+                "it was written?); resuming from the checkpoint before it")
     if payload.get("kind") != task.kind:
         raise CheckpointError(f"{where}: holds a {payload.get('kind')} checkpoint, this run is "
                               f"a {task.kind} run; use another --run-name")

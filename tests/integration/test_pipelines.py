@@ -245,7 +245,17 @@ def _worker_tracebacks(limit: int = 6000) -> str:
 
 
 def _checkpoints(storage: Path, name: str) -> list[Path]:
-    return sorted((storage / name).glob("checkpoint_*")) if (storage / name).is_dir() else []
+    """The run's checkpoint folders whose state.pt reads back whole (Ray creates a folder
+    before it has finished persisting into it)."""
+    def whole(folder: Path) -> bool:
+        try:
+            torch.load(folder / "state.pt", weights_only=True)
+            return True
+        except Exception:
+            return False
+
+    found = sorted((storage / name).glob("checkpoint_*")) if (storage / name).is_dir() else []
+    return [f for f in found if whole(f)]
 
 
 def test_a_killed_worker_and_a_killed_driver_each_resume(ray_cluster, shards, tmp_path):
