@@ -15,7 +15,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -64,9 +64,13 @@ class AttackConfig:
     step_size: Optional[float] = None  # default: eps / 5 (the CIFAR recipe)
     random_start: bool = False         # start from a random point of the ball
     use_best: bool = False             # keep each sample's highest-loss iterate
+    warmup_epochs: int = 0             # eps (and step size) grow linearly over these epochs
 
     def check(self) -> list[str]:
         errs = []
+        if self.warmup_epochs < 0:
+            errs.append(f"warmup_epochs: must be >= 0 (0: the full eps from the first epoch), "
+                        f"got {self.warmup_epochs}")
         if self.eps < 0:
             errs.append(f"eps: must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
@@ -80,6 +84,17 @@ class AttackConfig:
     @property
     def effective_step_size(self) -> float:
         return self.eps / 5 if self.step_size is None else self.step_size
+
+    def at_epoch(self, epoch: int) -> "AttackConfig":
+        """The attack of 0-based ``epoch``: during the warm-up, eps and the step size scaled by
+        ``(epoch + 1) / warmup_epochs`` (the full attack from epoch ``warmup_epochs - 1`` on).
+        A robust encoder that meets the full attack from its first batch can sit near chance
+        for many epochs; ramping eps lets it learn the clean task first."""
+        if self.warmup_epochs <= 1 or epoch + 1 >= self.warmup_epochs:
+            return self
+        f = (epoch + 1) / self.warmup_epochs
+        return replace(self, eps=self.eps * f, step_size=self.effective_step_size * f,
+                       warmup_epochs=0)
 
 
 @dataclass

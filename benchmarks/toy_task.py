@@ -14,10 +14,13 @@ recipe (``alexnet_small`` at 128 px, SGD momentum 0.9, weight decay 5e-4, batch 
 after 75% of the epochs, random resized crops of 35-100% area and flips) on ``--per-class``
 training crops (digits: all), then clean and L2 PGD-10 accuracy (step 2.5 eps / 10) on 128
 held-out images. With ``--eps-train`` the encoder trains on L2 PGD examples (``--steps`` of
-``--step-size``). Prints one line per run; ``--json`` appends it to a file.
+``--step-size``), ``--eps-warmup`` epochs ramping eps up as ``attack.warmup_epochs`` does.
+Prints one line per run; ``--json`` appends it to a file.
 
     python benchmarks/toy_task.py --task colour gray16 gray8 digits --lr 0.02
     python benchmarks/toy_task.py --task gray16 --lr 0.02 --eps-train 1 --steps 2 --step-size 0.75
+    python benchmarks/toy_task.py --task gray16 --eps-train 1 --steps 2 --step-size 0.75 \
+        --eps-warmup 5
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from arinv.attacks.pgd import pgd  # noqa: E402
+from arinv.config import AttackConfig  # noqa: E402
 from arinv.models.alexnet import alexnet_small  # noqa: E402
 
 EVAL_EPS = (0.5, 1.0, 2.0, 4.0)
@@ -92,15 +96,18 @@ def run(args, name: str) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.StepLR(opt, max(1, int(args.epochs * 0.75)), 0.1)
     t0 = time.perf_counter()
-    for _ in range(args.epochs):
+    attack = AttackConfig(eps=args.eps_train, steps=args.steps,
+                          step_size=args.step_size or 2.5 * args.eps_train / args.steps,
+                          warmup_epochs=args.eps_warmup)
+    for epoch in range(args.epochs):
+        at = attack.at_epoch(epoch)
         model.train()
         perm = torch.randperm(len(yt))
         for i in range(0, len(yt), 32):
             b = perm[i:i + 32]
             x, y = augment(xt[b], rng), yt[b]
             if args.eps_train:
-                x = pgd(model, x, y, eps=args.eps_train, steps=args.steps,
-                        step_size=args.step_size or 2.5 * args.eps_train / args.steps)
+                x = pgd(model, x, y, eps=at.eps, steps=at.steps, step_size=at.effective_step_size)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
@@ -114,7 +121,8 @@ def run(args, name: str) -> dict:
         xa = pgd(model, xv, yv, eps=e, step_size=2.5 * e / 10, steps=10)
         with torch.no_grad():
             acc[f"pgd_{e:g}"] = (model(xa).argmax(1) == yv).float().mean().item()
-    return {"task": name, "seed": args.seed, "eps_train": args.eps_train, "lr": args.lr,
+    return {"task": name, "seed": args.seed, "eps_train": args.eps_train,
+            "eps_warmup": args.eps_warmup, "lr": args.lr,
             "epochs": args.epochs, "per_class": args.per_class, "train_images": len(yt),
             "train_s": round(train_s, 1), **{k: round(v, 3) for k, v in acc.items()}}
 
@@ -130,6 +138,8 @@ def main() -> None:
     p.add_argument("--eps-train", type=float, default=0.0, help="0: standard training")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--eps-warmup", type=int, default=0,
+                   help="epochs over which eps grows linearly to --eps-train (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="append each result as a JSON line")
     args = p.parse_args()

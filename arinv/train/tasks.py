@@ -96,24 +96,31 @@ class EncoderTask:
         cfg, device = self.cfg, next(self.model.parameters()).device
         no_sync = getattr(self.net, "no_sync", contextlib.nullcontext)
         meter = EpochMeter(batches)
+        # the scheduler steps once per finished epoch (and is checkpointed): the epoch's index
+        attack = cfg.attack and cfg.attack.at_epoch(self.scheduler.last_epoch)
         bar = tqdm(meter, desc=desc, leave=False, disable=not progress, unit="batch")
         for i, (xb, yb) in enumerate(bar, 1):
             x, y = prepare_batch(xb, yb, device, cfg.runtime.channels_last)
             update = i % accumulate == 0
             kw = dict(autocast=self.amp, loss_scale=1.0 / accumulate, update=update)
             with contextlib.nullcontext() if update else no_sync():
-                if cfg.attack is None:
+                if attack is None:
                     out = standard_step(self.net, self.optimizer, x, y, **kw)
                 else:
-                    out = adversarial_step(self.net, self.optimizer, x, y, cfg.attack,
+                    out = adversarial_step(self.net, self.optimizer, x, y, attack,
                                            attack_model=self.model, **kw)
             bar.set_postfix({k: f"{v:.3f}" for k, v in meter.add(out, len(y)).items()})
         self.optimizer.zero_grad(set_to_none=True)  # a trailing partial accumulation group
         return meter.summary()
 
     def end_epoch(self) -> dict:
+        """The epoch's learning rate (the next one's, once stepped) and, during an attack
+        warm-up, the eps the epoch trained at."""
+        attack = self.cfg.attack
+        ramp = {"attack_eps": attack.at_epoch(self.scheduler.last_epoch).eps} \
+            if attack is not None and attack.warmup_epochs > 1 else {}
         self.scheduler.step()
-        return {"lr": self.optimizer.param_groups[0]["lr"]}
+        return {"lr": self.optimizer.param_groups[0]["lr"], **ramp}
 
     def evaluate(self, x, y, *, periodic: bool, final: bool, batch_size: int):
         ev, out, files = self.cfg.eval, {}, {}

@@ -76,6 +76,7 @@ def test_seed_recipe_presets(tmp_path):
     ("attack.eps=-1", "attack.eps"),
     ("attack.norm=l3", "attack.norm"),
     ("attack.steps=0", "attack.steps"),
+    ("attack.warmup_epochs=-1", "attack.warmup_epochs"),
     ("optim.lr=0", "optim.lr"),
     ("optim.batch_size=0", "optim.batch_size"),
     ("optim.momentum=1.5", "optim.momentum"),
@@ -136,6 +137,17 @@ def test_null_attack_means_standard_training_and_flatten_round_trip():
 def test_step_size_defaults_to_a_fifth_of_eps():
     assert AttackConfig(eps=2.0).effective_step_size == pytest.approx(0.4)
     assert AttackConfig(eps=2.0, step_size=0.1).effective_step_size == 0.1
+
+
+def test_an_attack_warm_up_ramps_eps_and_step_size_linearly():
+    a = AttackConfig(eps=1.0, steps=2, step_size=0.75, warmup_epochs=4)
+    assert [a.at_epoch(e).eps for e in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert a.at_epoch(1).effective_step_size == pytest.approx(0.375)
+    assert a.at_epoch(0).steps == 2 and a.at_epoch(3) is a
+    default = AttackConfig(eps=2.0)  # no warm-up; step size eps / 5 scales with eps
+    assert default.at_epoch(0) is default
+    assert AttackConfig(eps=2.0, warmup_epochs=2).at_epoch(0).effective_step_size == \
+        pytest.approx(0.2)
 
 
 def test_generator_presets_follow_the_paper():

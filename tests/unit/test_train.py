@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from arinv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from arinv.config import AttackConfig, EncoderTrainConfig, OptimConfig, load_config
 from arinv.models import create_encoder
-from arinv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from arinv.models.load import load_encoder
 from arinv.train.local import fit_local as fit_encoder
 from arinv.train.steps import adversarial_step, build_optimizer, standard_step
@@ -142,3 +142,27 @@ def test_lowering_the_epochs_below_a_checkpoint_evaluates_without_training(tmp_p
     (tmp_path / "run" / "checkpoint" / "report.json").unlink()  # as after epoch 2 of 4
     out = fit_encoder(_tiny(False, 1), tmp_path / "run", progress=False)
     assert [h["epoch"] for h in out["history"]] == [1, 2] and out["robustness"]["n"] == 16
+
+
+def test_an_encoder_trains_under_the_warm_up_eps_of_each_epoch():
+    """The task reads the epoch from its (checkpointed) scheduler: the epoch's attack eps is
+    logged with its lr, and a rebuilt task resumes the ramp where the scheduler left it."""
+    from arinv.train.tasks import EncoderTask
+
+    cfg = load_config(EncoderTrainConfig, "tiny-sample-robust",
+                      ["attack.warmup_epochs=3", "attack.steps=1", "encoder.resolution=32",
+                       "encoder.name=resnet18_cifar_small"])
+    task = EncoderTask(cfg)
+    modules = task.build(torch.device("cpu"))
+    task.wrap(lambda m: m)
+    g = torch.Generator().manual_seed(0)
+    batch = [(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g),
+              torch.tensor([0, 1, 2, 3]))]
+    seen = []
+    for _ in range(2):
+        assert "adv_acc" in task.train_epoch(batch, progress=False)
+        seen.append(task.end_epoch()["attack_eps"])
+    assert seen == pytest.approx([cfg.attack.eps / 3, 2 * cfg.attack.eps / 3])
+    again = EncoderTask(cfg)
+    again.build(torch.device("cpu"))["scheduler"].load_state_dict(modules["scheduler"].state_dict())
+    assert again.end_epoch()["attack_eps"] == pytest.approx(cfg.attack.eps)
