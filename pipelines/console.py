@@ -172,11 +172,11 @@ class ProgressReporter:
         self.queue, self.world, self.interval = queue, world, interval
 
     def wrap(self, batches, epoch: int, per_epoch: int):
-        seen, last = 0, 0.0
+        seen, last = 0, None  # the first batch always reports (monotonic() may start near 0)
         for xb, yb in batches:
             yield xb, yb
             seen += len(yb) * self.world
-            if time.monotonic() - last >= self.interval:
+            if last is None or time.monotonic() - last >= self.interval:
                 self._send(epoch, min(seen, per_epoch), per_epoch)
                 last = time.monotonic()
         self._send(epoch, per_epoch, per_epoch)
