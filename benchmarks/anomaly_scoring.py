@@ -191,7 +191,7 @@ def ray_mode(args, enc, g, r, device) -> int:
     scoring = ScoringConfig(iters=args.iters, batch_size=args.batch, optimizer=args.optimizer,
                             actors=args.actors)
     bare_batched(enc, g, images[:args.batch], batch=args.batch, **{**common, "iters": 1})
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     rates = {"bare": [], "ray": []}
     try:
         for i in range(args.rounds):

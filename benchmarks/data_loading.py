@@ -139,7 +139,8 @@ def ray_epochs(shards, args, ordered: bool = False):
     from pipelines.ray_data import read_shards
 
     if not ray.is_initialized():
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.workers, include_dashboard=False,
+                 log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = read_shards(str(shards), split_transform="train", resolution=args.resolution,
                      rows_per_task=args.rows_per_task, seed=0 if ordered else None)

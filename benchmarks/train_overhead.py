@@ -96,8 +96,8 @@ def main(argv=None) -> int:
         "eval.images=8", "eval.pgd_eps=[0.5]", "eval.pgd_steps=1",
         "scaling.num_workers=1", f"scaling.cpus_per_worker={args.threads}", *args.set])
     info = machine_info(torch.device("cpu"))
-    ray.init(num_cpus=(os.cpu_count() or 1) + args.threads, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=(os.cpu_count() or 1) + args.threads,
+             include_dashboard=False, log_to_driver=False)
     a = bare(cfg, shards, args.epochs, args.threads)
     b = pipeline(cfg, shards, work / "pipeline")
     ray.shutdown()

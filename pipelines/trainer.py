@@ -104,7 +104,9 @@ def init_ray(address: str | None, scaling, runs: int = 1) -> None:
         warn_if_short_of_cpus(address, scaling, runs)
         return
     need = runs * scaling.num_workers * scaling.cpus_per_worker
-    ray.init(num_cpus=int((os.cpu_count() or 1) + need + 0.999), include_dashboard=True,
+    # "local": a new cluster even when a `ray start` one (or ray.cluster_utils') is running here
+    ray.init(address="local", num_cpus=int((os.cpu_count() or 1) + need + 0.999),
+             include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)
 
 

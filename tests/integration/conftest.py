@@ -214,6 +214,6 @@ def ray_cluster():
     """A local 4-CPU Ray cluster for one test module (modules needing another shape define
     their own fixture of this name)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -6,6 +6,10 @@ cluster has: shards and Ray Train storage on S3 (the loopback S3-protocol server
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +235,18 @@ def test_sweep_on_two_nodes_with_s3_storage_and_mlflow_server(two_nodes, s3_env,
         text = repr((found.data.params, found.data.tags)).encode()
         leaks += [found.info.run_id for sec in secrets if sec in text]
     assert not leaks, leaks
+
+
+def test_a_local_run_starts_its_own_cluster_beside_a_running_one(two_nodes, tmp_path):
+    """ray.init() without an address joins the cluster a `ray start` (or ray.cluster_utils)
+    recorded on this machine; a run without --address / RAY_ADDRESS starts its own instead."""
+    code = ("import ray\nfrom arinv.config import ScalingConfig\n"
+            "from pipelines.trainer import init_ray\n"
+            "init_ray(None, ScalingConfig(num_workers=1, cpus_per_worker=1))\n"
+            "print(ray.get_runtime_context().gcs_address)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] != two_nodes.address

@@ -40,7 +40,7 @@ def ray_cluster(by_processes, s3_server):
     with pytest.MonkeyPatch.context() as env:
         for name, value in s3_server.env.items():
             env.setenv(name, value)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
