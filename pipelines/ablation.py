@@ -36,6 +36,7 @@ from arinv.config import AblationConfig, ConfigError, build, flatten, to_dict, v
 from arinv.data import storage
 from arinv.experiments import fig_a2
 from pipelines.autoencoders import load_pair, local_file
+from pipelines.console import say
 from pipelines.errors import ModelNotFound, RegistryError
 from pipelines.trainer import Launch
 
@@ -240,7 +241,7 @@ def _fit(ab: AblationConfig, run: Launch, p: dict) -> dict:
                     "lpips": "on" if lpips_available() else "n/a (weights not installed)"})
     need = trial_resources(p["cfgs"])
     concurrency = ab.max_concurrent or trial_concurrency(ray.cluster_resources(), need)
-    print(f"== ablation {ab.name}: {len(p['cells'])} trials (criteria "
+    say(f"== ablation {ab.name}: {len(p['cells'])} trials (criteria "
           f"{[k for k in fig_a2.CRITERIA if k in ab.criteria]} x encoders "
           f"{list(p['encoders'])}), {concurrency} at a time; MLflow run {parent}")
     ctx = {"ablation": to_dict(ab), "key": run.run_key(ab.name), "parent": parent,
@@ -265,7 +266,7 @@ def _fit(ab: AblationConfig, run: Launch, p: dict) -> dict:
             recons[key] = torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False)) / 255
         elif cell:
             err = "" if r.error is None else str(r.error).strip().splitlines()[-1][:200]
-            print(f"   trial {fig_a2.trial_name(cell['criterion'], cell['column'])} did not "
+            say(f"   trial {fig_a2.trial_name(cell['criterion'], cell['column'])} did not "
                   f"finish: {err}")
     truth = held_out(p["shards"], ab.examples, p["resolution"])
     run.workdir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +314,9 @@ def _tuner(ab: AblationConfig, run: Launch, ctx: dict, p: dict, concurrency: int
     return resumable_tuner(trial, ab.name, run, max_failures=ab.max_failures,
                            space={"cell": tune.grid_search(p["cells"]), "ctx": ctx},
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-                           what=f"the ablation {ab.name}", resources=resources)
+                           what=f"ablation {ab.name}", total=len(p["cells"]),
+                           label=("criterion", "column"), show=("psnr", "ssim", "lpips"),
+                           resources=resources)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ from arinv.data import storage
 from arinv.data.reader import image_folder_shards
 from arinv.experiments import table_a1
 from pipelines.autoencoders import autoencoder_files, encoder_column, load_pair, local_file
+from pipelines.console import say
 from pipelines.trainer import Launch
 
 SCORES, DONE = "scores", "scores.json"  # a trial's Parquet folder and its completion record
@@ -400,7 +401,7 @@ def _fit(an: AnomalyConfig, run: Launch, p: dict) -> dict:
     log.log_params(flatten(an))
     need = trial_resources(p["cfgs"])
     concurrency = an.max_concurrent or trial_concurrency(ray.cluster_resources(), need)
-    print(f"== anomaly {an.name}: {len(p['cells'])} trials (columns "
+    say(f"== anomaly {an.name}: {len(p['cells'])} trials (columns "
           f"{table_a1.columns(an)} x positive classes {p['positives']}), {concurrency} at a "
           f"time; MLflow run {parent}")
     probe = p["cfgs"][0]
@@ -423,7 +424,7 @@ def _fit(an: AnomalyConfig, run: Launch, p: dict) -> dict:
                                                     m["auroc"])
         elif cell:
             err = "" if r.error is None else str(r.error).strip().splitlines()[-1][:200]
-            print(f"   trial {table_a1.trial_name(cell['column'], cell['positive'])} did not "
+            say(f"   trial {table_a1.trial_name(cell['column'], cell['positive'])} did not "
                   f"finish: {err}")
     files = _report(an, run.workdir, rows, curves, p["classes"])
     for path in files:
@@ -476,7 +477,8 @@ def _tuner(an: AnomalyConfig, run: Launch, ctx: dict, cells: list, concurrency: 
     return resumable_tuner(trial, an.name, run, max_failures=an.max_failures,
                            space={"cell": tune.grid_search(cells), "ctx": ctx},
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-                           what=an.name)
+                           what=f"anomaly {an.name}", total=len(cells),
+                           label=("column", "class_name"), show=("auroc",))
 
 
 def main(argv: list[str] | None = None) -> int:

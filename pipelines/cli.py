@@ -224,6 +224,7 @@ def _add_experiment_arguments(s, address: str) -> None:
     s.add_argument("--address", default=None,
                    help=f"{address}; default $RAY_ADDRESS or a new local cluster")
     s.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_verbose(s)
 
 
 TRAIN_DESCRIPTION = """Runs the config on Ray Train (a local Ray cluster unless --address or
@@ -270,15 +271,15 @@ def _add_launch_arguments(p: argparse.ArgumentParser, local: bool = True) -> Non
     if local:
         p.add_argument("--local", action="store_true", help="single process, no Ray / MLflow: "
                        "checkpoints in WORKDIR/checkpoints")
-        _add_verbose(p)
+    _add_verbose(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_verbose(p) -> None:
     p.add_argument("--verbose", action="store_true",
-                   help="show Ray's, Ray Data's and the workers' own output and progress bars "
-                   "here (default: one bar per training stage here, the rest in "
-                   "WORKDIR/arinv.log)")
+                   help="show Ray's, Ray Data's, Ray Tune's and the workers' own output and "
+                   "progress bars here (default: one bar per training stage or Tune "
+                   "experiment here, the rest in WORKDIR/arinv.log)")
 
 
 DATA_EPILOG = """sources (detected from SOURCE, or named with --source-format):
@@ -541,15 +542,10 @@ def _train(args, cls, pipeline):
 
             inputs = task_inputs(cfg, _launch(args, cfg).tracking(), None)
         return cfg, fit_local(cfg, workdir, progress=not args.no_progress, **inputs), workdir
-    from pipelines.console import quiet
+    from pipelines.console import run_quietly
 
     run = _launch(args, cfg)
-    log = run.workdir / "arinv.log"
-    with quiet(log, enabled=not args.verbose):
-        result = pipeline(cfg, run)
-    if not args.verbose:
-        print(f"log:        {log} (Ray's and the workers' output)")
-    return cfg, result, run.workdir
+    return cfg, run_quietly(run.workdir, args.verbose, lambda: pipeline(cfg, run)), run.workdir
 
 
 def _train_encoder(args) -> int:
@@ -587,11 +583,13 @@ def _train_generator(args) -> int:
 
 def _sweep(args) -> int:
     from arinv.config import SweepConfig, load_config
+    from pipelines.console import run_quietly
     from pipelines.sweep import run_sweep
 
     cfg = load_config(SweepConfig, args.config,
                       [*args.set, *([f"name={args.run_name}"] if args.run_name else [])])
-    result = run_sweep(cfg, _launch(args, cfg))
+    run = _launch(args, cfg)
+    result = run_quietly(run.workdir, args.verbose, lambda: run_sweep(cfg, run))
     tables = [f for f in result["files"] if f.endswith(".md")]
     for f in tables:
         print("\n" + Path(f).read_text())
@@ -711,6 +709,7 @@ def _report_text(rob: dict) -> str:
 
 def _eval_scale(args) -> int:
     from arinv.config import ScaleConfig, load_config
+    from pipelines.console import run_quietly
     from pipelines.scale import run_scale
     from pipelines.trainer import Launch
 
@@ -719,7 +718,7 @@ def _eval_scale(args) -> int:
     run = Launch(workdir=Path(args.workdir or Path("runs") / cfg.name), run_name=cfg.name,
                  tracking_uri=args.tracking_uri, experiment=args.experiment,
                  address=args.address, progress=not args.no_progress)
-    r = run_scale(cfg, run)
+    r = run_quietly(run.workdir, args.verbose, lambda: run_scale(cfg, run))
     print("\n" + Path(r["workdir"], "table_a2.md").read_text())
     print(f"figure:     {Path(r['workdir'], 'fig_a3.png')}\noutputs:    {r['workdir']}\n"
           f"MLflow:     {r['tracking_uri']} run {r['run_id']}")
@@ -729,6 +728,7 @@ def _eval_scale(args) -> int:
 def _ablation(args) -> int:
     from arinv.config import AblationConfig, load_config
     from pipelines.ablation import run_ablation
+    from pipelines.console import run_quietly
     from pipelines.trainer import Launch
 
     cfg = load_config(AblationConfig, args.config,
@@ -737,7 +737,7 @@ def _ablation(args) -> int:
                  storage_path=args.storage_path, tracking_uri=args.tracking_uri,
                  experiment=args.experiment, address=args.address,
                  progress=not args.no_progress, register=False)
-    r = run_ablation(cfg, run)
+    r = run_quietly(run.workdir, args.verbose, lambda: run_ablation(cfg, run))
     print("\n" + Path(r["workdir"], "table_fig_a2.md").read_text())
     print(f"figure:     {Path(r['workdir'], 'fig_a2.png')}\noutputs:    {r['workdir']}\n"
           f"MLflow:     {r['tracking_uri']} run {r['run_id']}")

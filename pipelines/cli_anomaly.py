@@ -111,6 +111,7 @@ def _train(args, launch) -> int:
     from arinv.experiments import table_a1
     from pipelines.anomaly import model_name, train_positive
     from pipelines.autoencoders import encoder_column
+    from pipelines.console import run_quietly
 
     name = args.run_name or "anomaly"
     an = AnomalyConfig(name=name, generator=args.config, generator_set=args.set,
@@ -124,7 +125,8 @@ def _train(args, launch) -> int:
         table_a1.check_robustness(column, enc_cfg.attack, args.encoder)
     cfg = table_a1.generator_config(an, column, args.positive, args.encoder)
     run.run_name = cfg.name
-    result = train_positive(cfg, run, column=column, model_name=model_name(name, args.positive))
+    result = run_quietly(run.workdir, args.verbose, lambda: train_positive(
+        cfg, run, column=column, model_name=model_name(name, args.positive)))
     q = result["quality"]
     print(f"generator of class {args.positive} ({column} weights: pix {cfg.loss.pix:g}, feat "
           f"{cfg.loss.feat:g}): held-out PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f}")
@@ -178,10 +180,12 @@ def _score(args, launch) -> int:
 def _eval(args, launch) -> int:
     from arinv.config import AnomalyConfig, load_config
     from pipelines.anomaly import run_anomaly
+    from pipelines.console import run_quietly
 
     an = load_config(AnomalyConfig, args.config,
                      [*args.set, *([f"name={args.run_name}"] if args.run_name else [])])
-    result = run_anomaly(an, launch(args, an))
+    run = launch(args, an)
+    result = run_quietly(run.workdir, args.verbose, lambda: run_anomaly(an, run))
     print("\n" + Path(result["workdir"], "table_a1.md").read_text())
     for f in result["files"]:
         if f.endswith(".png"):

@@ -89,6 +89,17 @@ def quiet(log_path: str | os.PathLike, enabled: bool = True):
         _tidy(log_path, made)
 
 
+def run_quietly(workdir: str | os.PathLike, verbose: bool, fn):
+    """``fn()`` inside ``quiet(WORKDIR/arinv.log)`` (unless ``verbose``), then the log's path
+    on the terminal: what a command that starts Ray does around its pipeline."""
+    log = Path(workdir) / "arinv.log"
+    with quiet(log, enabled=not verbose):
+        result = fn()
+    if not verbose:
+        print(f"log:        {log} (Ray's, Tune's and the workers' output)")
+    return result
+
+
 def _tidy(log_path: Path, made: list[Path]) -> None:
     """A run refused before it printed anything leaves nothing behind: an empty log goes, and
     so do the folders ``quiet`` made for it if they are empty."""

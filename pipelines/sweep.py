@@ -30,6 +30,8 @@ import re
 import sys
 from pathlib import Path
 
+from ray.tune import Callback
+
 from arinv.config import (
     SWEEP_METRICS,
     ConfigError,
@@ -42,6 +44,7 @@ from arinv.config import (
 from arinv.data import storage
 from arinv.experiments import table_a3
 from arinv.experiments.table_a3 import checked, load_preset, run_name, trial_name
+from pipelines.console import say, terminal
 from pipelines.trainer import Launch
 
 TRIAL_MEMORY = 256 * 2**20  # a trial's own process only calls MLflow; its runs train
@@ -233,7 +236,7 @@ def _fit(sw: SweepConfig, run: Launch, cfgs: list, alias: str | None) -> dict:
     log.log_params(flatten(sw))
     need = trial_resources(cfgs)
     concurrency = sw.max_concurrent or trial_concurrency(ray.cluster_resources(), need)
-    print(f"== sweep {sw.name}: {len(cfgs) if sw.search is None else sw.search.samples} "
+    say(f"== sweep {sw.name}: {len(cfgs) if sw.search is None else sw.search.samples} "
           f"trials, {concurrency} at a time (each needs {need}); MLflow run {parent}")
     ctx = {"sweep": to_dict(sw), "key": run.run_key(sw.name), "parent": parent,
            "workdir": str(run.workdir), "storage": run.storage_path, "tracking_uri": uri,
@@ -265,13 +268,73 @@ def _fit(sw: SweepConfig, run: Launch, cfgs: list, alias: str | None) -> dict:
     return result
 
 
+class TrialProgress(Callback):
+    """The terminal's view of a Tune experiment of ``total`` trials: one bar of finished trials
+    (rate and ETA from tqdm) and a line per finished or failed trial, named by its last
+    result's ``label`` keys (else its parameters) with the ``show`` metrics. Tune's own status
+    tables go to the log under ``quiet``. Pickled into the experiment, so a relaunch's restored
+    Tuner brings it back; the bar is not pickled and restarts at the trials already done."""
+
+    def __init__(self, what: str, total: int, label: tuple[str, ...], show: tuple[str, ...]):
+        self.what, self.total, self.label, self.show = what, total, tuple(label), tuple(show)
+        self._bar = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_bar": None}
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self._bar = tqdm(total=self.total, initial=done, desc=self.what, unit="trial",
+                             file=terminal(), dynamic_ncols=True, mininterval=1.0)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finished(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finished(trial, "FAILED (its error: the log and the trial's folder)")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _finished(self, trial, verb: str) -> None:
+        from tqdm import tqdm
+
+        result = trial.last_result or {}
+        name = " ".join(str(result[k]) for k in self.label if k in result) or _params(
+            trial.config or {})
+        metrics = ", ".join(f"{k} {result[k]:.4g}" for k in self.show
+                            if isinstance(result.get(k), (int, float)) and math.isfinite(result[k]))
+        with tqdm.external_write_mode(file=terminal()):
+            say(f"   {self.what}: trial {name} {verb}" + (f" ({metrics})" if metrics else ""))
+        if self._bar is not None and self._bar.n < self.total:
+            self._bar.update(1)
+
+
+def _params(config: dict) -> str:
+    """A trial's parameters in a line (its shared ``ctx`` left out, dicts opened a level)."""
+    items = []
+    for k, v in config.items():
+        if k != "ctx":
+            items += [f"{a}={b:g}" if isinstance(b, float) else f"{a}={b}"
+                      for a, b in (v.items() if isinstance(v, dict) else [(k, v)])]
+    return " ".join(items)
+
+
 def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dict,
-                    tune_config, what: str, resources=None):
+                    tune_config, what: str, total: int, label: tuple[str, ...] = ("trial",),
+                    show: tuple[str, ...] = (), resources=None):
     """A Tune experiment NAME under run.storage_path whose trials run ``fn`` (by default their
     own process only drives MLflow and Ray Train: no CPU of theirs; ``resources``, a dict or a
     function of the trial's config, says otherwise); restored with its unfinished and errored
     trials when the folder already holds one (a relaunch resumes), else a new one over
-    ``space``."""
+    ``space``. With ``run.progress`` the terminal shows a ``TrialProgress`` of ``total``
+    trials (``label``, ``show``: its arguments); a relaunch keeps the first launch's choice
+    (Tune restores the experiment's run config)."""
     from ray import tune
 
     from pipelines.trainer import ray_storage_path, storage_filesystem
@@ -280,12 +343,14 @@ def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dic
     fs = storage_filesystem(run.storage_path)
     path = f"{ray_storage_path(run.storage_path).rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        print(f"== resuming {what} from {run.storage_path}/{name}")
+        say(f"== resuming {what} from {run.storage_path}/{name}")
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=fs)
     rc = tune.RunConfig(name=name, storage_path=ray_storage_path(run.storage_path),
                         storage_filesystem=fs, verbose=1 if run.progress else 0,
-                        failure_config=tune.FailureConfig(max_failures=max_failures))
+                        failure_config=tune.FailureConfig(max_failures=max_failures),
+                        callbacks=[TrialProgress(what, total, label, show)] if run.progress
+                        else None)
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=rc)
 
 
@@ -310,7 +375,11 @@ def _tuner(sw: SweepConfig, run: Launch, ctx: dict, concurrency: int):
                              search_alg=BasicVariantGenerator(random_state=s.seed,
                                                               max_concurrent=concurrency))
     return resumable_tuner(trial, sw.name, run, max_failures=sw.max_failures, space=space,
-                           tune_config=tc, what="the sweep")
+                           tune_config=tc, what=f"sweep {sw.name}",
+                           total=len(sw.eps) if sw.search is None else sw.search.samples,
+                           label=("trial",) if sw.search is None else (),
+                           show=("standard_acc", "pgd_acc", "psnr", "ssim") if sw.search is None
+                           else ("epoch", f"val_{sw.search.metric}"))
 
 
 def _row(sw: SweepConfig, result) -> dict:

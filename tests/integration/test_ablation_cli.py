@@ -68,14 +68,22 @@ def _args(world, tmp_path, config) -> list:
             "--workdir", str(tmp_path / "w"), "--no-progress"]
 
 
-def test_ablation_trials_table_figure_runs_and_relaunch(world, ray_cluster, tmp_path, capsys,
+def test_ablation_trials_table_figure_runs_and_relaunch(world, ray_cluster, tmp_path, capfd,
                                                         monkeypatch):
     monkeypatch.setenv("ARINV_MODEL_CACHE", str(tmp_path / "cache"))
-    args = _args(world, tmp_path, _config(world, tmp_path))
+    # with progress: the terminal shows a bar of trials and a line per trial; Tune's status
+    # tables and the trials' Ray output go to the log
+    args = [a for a in _args(world, tmp_path, _config(world, tmp_path)) if a != "--no-progress"]
     assert cli(args) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     w = tmp_path / "w"
     assert "| Pixel + feature + GAN |" in out and str(w / "fig_a2.png") in out
+    assert "== ablation toy-a2: 4 trials" in out
+    for name in ("pixel_feat_gan standard", "pixel_feat_gan robust", "ri standard", "ri robust"):
+        assert f"   ablation toy-a2: trial {name} done (psnr " in out
+    assert "4/4" in err and "Trial status" not in out + err
+    assert "Trial status" in (w / "arinv.log").read_text()
+    assert f"log:        {w / 'arinv.log'}" in out
     rows = list(csv.DictReader((w / "table_fig_a2.csv").open()))
     assert [r["criterion"] for r in rows] == ["pixel_feat_gan", "ri"]
     for r in rows:

@@ -92,7 +92,7 @@ def _wait_group_gone(pgid: int, timeout: float = 60) -> None:
 def test_interrupted_eps_sweep_resumes_and_fills_table_a3(eps_sweep):
     w, uri = eps_sweep["workdir"], eps_sweep["uri"]
     assert eps_sweep["interrupted"] == -signal.SIGKILL and eps_sweep["killed_trials"] >= 1
-    assert "resuming the sweep" in eps_sweep["out"]
+    assert "== resuming sweep toy from" in eps_sweep["out"]
     table = {r[0]: r[1:] for r in csv.reader((w / "table_a3.csv").open())}
     assert table["measure"] == ["eps=0", "eps=1"] and table["status"] == ["complete"] * 2
     for key in ("standard_acc", "pgd_acc", "attack_eps", "psnr", "ssim"):
@@ -147,12 +147,17 @@ def test_relaunching_a_finished_sweep_reruns_and_registers_nothing(eps_sweep):
                 ("arinv-alexnet_small", "arinv-alexnet_small-conv5-autoencoder")}
 
     before = versions()
+    log = eps_sweep["workdir"] / "arinv.log"  # Ray's and Tune's output, appended per launch
+    seen = log.stat().st_size
     r = subprocess.run(eps_sweep["cmd"], cwd=eps_sweep["dir"], env=eps_sweep["env"],
                        capture_output=True,
                        text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "resuming the sweep" in r.stdout and "best trial" in r.stdout
-    assert "Started training worker group" not in r.stdout + r.stderr  # no Ray Train run
+    assert "== resuming sweep toy from" in r.stdout and "best trial" in r.stdout
+    text, marker = log.read_bytes(), "Started training worker group"
+    # the launches that trained logged their Ray Train runs there; this one started none
+    assert marker.encode() in text[:seen]
+    assert marker.encode() not in text[seen:] and marker not in r.stdout + r.stderr
     assert versions() == before
 
 

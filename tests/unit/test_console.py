@@ -71,3 +71,35 @@ def test_reporter_passes_batches_and_sends_throttled_events():
     assert list(rep.wrap(batches, epoch=1, per_epoch=24)) == batches
     # the first batch reports (2 workers x 4 images), then only the epoch's end
     assert q.events == [(1, 8, 24), (1, 24, 24)]
+
+
+def test_tune_experiments_show_a_bar_of_trials_and_a_line_per_trial(tmp_path, capfd):
+    """TrialProgress (the Tune callback of sweep / ablation / anomaly): the bar starts at the
+    trials a relaunch finds done, a line per finished or failed trial names it and its metrics
+    on the terminal (and the log), and it pickles into the experiment without its bar."""
+    import pickle
+    from types import SimpleNamespace as Trial
+
+    from pipelines.sweep import TrialProgress
+
+    done = Trial(status="TERMINATED", config={}, last_result={})
+    fresh = Trial(status="RUNNING", config={"eps": 1.0, "ctx": {"big": "shared"}},
+                  last_result={"trial": "eps1", "psnr": 16.4312, "ssim": float("nan"),
+                               "pgd_acc": 0.25})
+    failed = Trial(status="PENDING", config={"weights": {"pix": 2e-4, "feat": 0.01}, "ctx": {}},
+                   last_result=None)
+    cb = TrialProgress("sweep toy", 3, label=("trial",), show=("pgd_acc", "psnr", "ssim"))
+    with console.quiet(tmp_path / "arinv.log"):
+        cb.on_step_begin(0, [done, fresh, failed])
+        cb.on_trial_complete(1, [], fresh)
+        cb.on_trial_error(2, [], failed)
+        assert cb._bar.n == 3
+        restored = pickle.loads(pickle.dumps(cb))
+        cb.on_experiment_end([])
+    out, err = capfd.readouterr()
+    assert "   sweep toy: trial eps1 done (pgd_acc 0.25, psnr 16.43)\n" in out  # no NaN ssim
+    assert "   sweep toy: trial pix=0.0002 feat=0.01 FAILED" in out  # no result: its params
+    assert "shared" not in out
+    assert "3/3" in err and "sweep toy" in err  # the bar, on the terminal's stderr
+    assert "trial eps1 done" in (tmp_path / "arinv.log").read_text()
+    assert restored._bar is None and restored.total == 3 and restored.show == cb.show
