@@ -27,6 +27,7 @@ from pathlib import Path
 from arinv.config import ConfigError, ScaleConfig, flatten, to_dict, validate
 from arinv.experiments import table_a2
 from pipelines.autoencoders import autoencoder_files, load_pair
+from pipelines.console import log_file, say
 from pipelines.errors import ModelNotFound, RegistryError
 from pipelines.trainer import Launch
 
@@ -135,7 +136,7 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
                   "arinv.model": model_uri})
         children[column] = tracking.RunLogger(uri, rid)
         children[column].log_params({"model": model_uri, "tap": tap})
-    print(f"== Table A2 {cfg.name}: {images.shape[0]} images of {split} at {resolution} px, "
+    say(f"== Table A2 {cfg.name}: {images.shape[0]} images of {split} at {resolution} px, "
           f"L in {cfg.factors}, columns {list(columns)} on {device}; MLflow run {parent}")
 
     t0 = time.perf_counter()
@@ -184,7 +185,8 @@ def run_scale(cfg: ScaleConfig, run: Launch) -> dict:
     ok = all(c.close(status="FINISHED") for c in children.values())
     ok = log.close(status="FINISHED") and ok
     if not ok:
-        print(f"warning: some MLflow logging to {uri} did not go through (see the log above)")
+        say(f"warning: some MLflow logging to {uri} did not go through (see "
+            f"{log_file() or 'the output above'})")
     return out
 
 

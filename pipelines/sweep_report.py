@@ -12,6 +12,7 @@ from pathlib import Path
 from arinv.config import SWEEP_METRICS, SweepConfig, resolve_preset
 from arinv.experiments import table_a3
 from arinv.experiments.table_a3 import _fmt
+from pipelines.console import say
 
 TABLE_MD, TABLE_CSV, TRIALS_CSV = "table_a3.md", "table_a3.csv", "trials.csv"
 SEARCH_MD, PLOT, GRIDS = "search.md", "sweep.png", "reconstructions.png"
@@ -186,7 +187,7 @@ def _grids(path: Path, rows: list, tracking_uri: str, sw: SweepConfig) -> Path |
             local = mlflow.artifacts.download_artifacts(
                 run_id=r["trial_run"], artifact_path=GRIDS, tracking_uri=tracking_uri)
         except Exception as e:  # a grid is a convenience: the table does not depend on it
-            print(f"warning: no reconstruction grid for trial {r['trial']}: {e}")
+            say(f"warning: no reconstruction grid for trial {r['trial']}: {e}")
             continue
         label = f"ε = {r['eps']:g}" if sw.search is None else r["trial"]
         images.append((label, Image.open(local).convert("RGB")))
