@@ -331,6 +331,7 @@ class GeneratorConfig:
     name: str = "alexnet_conv5"     # a registered generator (its table's layer specs)
     spectral_norm: bool = True      # on every generator and discriminator convolution
     discriminator: Optional[str] = "alexnet_conv5"  # null for the pixel / pixel + feature criteria
+    gray: bool = False              # output one grey image (its 3 channels tied) for gray data
 
     def check(self) -> list[str]:
         from arinv.models import list_discriminators, list_generators

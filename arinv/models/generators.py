@@ -97,11 +97,13 @@ class Generator(nn.Module):
     """A stack of rows from a table; ``layers[name]`` is the row's module (for hooks)."""
 
     def __init__(self, table, *, width: float = 1.0, in_channels: int | None = None,
-                 spectral_norm: bool = True, name: str = "generator"):
+                 spectral_norm: bool = True, gray: bool = False, name: str = "generator"):
         super().__init__()
-        self.table, self.width = table, width
+        self.table, self.width, self.gray = table, width, gray
         self.arch = dict(name=name, width=width, in_channels=in_channels,
                          spectral_norm=spectral_norm)
+        if gray:  # only when set, so the arch of every colour generator stays as it was
+            self.arch["gray"] = True
         sn = _sn if spectral_norm else (lambda m: m)
         self.layers = nn.ModuleDict()
         for i, (row, kind, k, s, p, _, _, cin, cout) in enumerate(table):
@@ -121,14 +123,16 @@ class Generator(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         for layer in self.layers.values():
             f = layer(f)
+        if self.gray:  # one grey image in three equal channels: the mean of the three
+            f = f.mean(1, keepdim=True).expand_as(f)
         return (f + 1) / 2
 
 
 def _make(table, name: str, default_width: float = 1.0, default_in: int | None = None):
     def ctor(width: float = default_width, in_channels: int | None = default_in,
-             spectral_norm: bool = True) -> Generator:
+             spectral_norm: bool = True, gray: bool = False) -> Generator:
         return Generator(table, width=width, in_channels=in_channels,
-                         spectral_norm=spectral_norm, name=name)
+                         spectral_norm=spectral_norm, gray=gray, name=name)
 
     ctor.__name__ = name
     return register("generator", name)(ctor)

@@ -176,7 +176,7 @@ class GeneratorTask:
 
     def _create(self):
         cfg, sn = self.cfg, self.cfg.generator.spectral_norm
-        return (create_generator(cfg.generator.name, spectral_norm=sn),
+        return (create_generator(cfg.generator.name, spectral_norm=sn, gray=cfg.generator.gray),
                 create_discriminator(cfg.generator.discriminator, spectral_norm=sn)
                 if cfg.loss.gan > 0 else None)
 

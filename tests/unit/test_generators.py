@@ -134,3 +134,30 @@ def test_discriminators_score_image_feature_pairs(name):
     x = torch.rand(3, 3, r, r)
     out = create_discriminator(name)(x, e.features(x, tap))
     assert out.shape == (3,) and torch.isfinite(out).all()
+
+
+def test_a_gray_generator_ties_its_channels_and_reloads_as_gray(tmp_path):
+    from dataclasses import asdict
+
+    from arinv.checkpoint import save_checkpoint
+    from arinv.config import GeneratorTrainConfig
+    from arinv.models.load import load_generator
+
+    f = torch.randn(2, 64, 3, 3)
+    colour = create_generator("alexnet_small_conv5").eval()
+    assert "gray" not in colour.arch  # colour generators' archs (and checkpoints) unchanged
+    with torch.no_grad():
+        assert not torch.equal(colour(f)[:, 0], colour(f)[:, 1])
+    g = create_generator("alexnet_small_conv5", gray=True).eval()
+    with torch.no_grad():
+        x = g(f)
+    assert x.shape == (2, 3, 128, 128) and torch.equal(x[:, 0], x[:, 1])
+    assert torch.equal(x[:, 1], x[:, 2]) and 0 <= x.min() and x.max() <= 1
+    enc = create_encoder("alexnet_small", num_classes=4)
+    path = save_checkpoint(tmp_path / "g.pt", kind="generator",
+                           arch={"generator": g.arch, "discriminator": None, "encoder": enc.arch},
+                           modules={"generator": g}, progress={"epoch": 1},
+                           config=asdict(GeneratorTrainConfig()))
+    back, _ = load_generator(path)
+    with torch.no_grad():
+        assert back.gray and torch.equal(back(f), x)
