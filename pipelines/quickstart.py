@@ -213,7 +213,8 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
         "Runs: `encoders/<preset>/`, `generators/<preset>/` (final checkpoint, metrics.json); "
         "Ray Train checkpoints: `ray/`; MLflow: `mlflow.db`, `mlartifacts/`.",
     ])
-    _plot(workdir / "robustness.png", encs)
+    _plot(workdir / "robustness.png", encs,
+          chance=1 / results["encoders"]["standard"]["config"]["encoder.num_classes"])
     path = workdir / "report.md"
     path.write_text(text + "\n")
     return path
@@ -276,7 +277,17 @@ def log_report(workdir: Path, tracking_uri: str) -> None:
     log.close(status="FINISHED")
 
 
-def _plot(path: Path, encs: dict) -> None:
+def _plot(path: Path, encs: dict, chance: float) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = robustness_figure(encs, chance)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def robustness_figure(encs: dict, chance: float):
+    """Accuracy against the attack radius, one line per encoder (clean at ε = 0), and a dashed
+    line at chance accuracy, where a collapsed encoder ends."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,6 +299,7 @@ def _plot(path: Path, encs: dict) -> None:
         xs = [0.0] + [float(e) for e in rob["pgd"]]
         ys = [rob["clean"]] + list(rob["pgd"].values())
         ax.plot(xs, ys, marker="o", label=f"{kind} encoder")
+    ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
     ax.set_xlabel("L2 attack radius ε")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -295,5 +307,4 @@ def _plot(path: Path, encs: dict) -> None:
     ax.legend()
     ax.set_title("Accuracy under PGD")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig

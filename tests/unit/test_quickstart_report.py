@@ -44,3 +44,19 @@ def test_task_line_names_the_task_and_chance():
         "(each crop standardised to one mean and contrast); chance 0.0625.")
     assert task_line({"encoders": encs}, bundled=False) == \
         "Task: the 16 classes of s3://b/mine; chance 0.0625."
+
+
+def test_robustness_plot_has_both_encoders_and_a_chance_line():
+    import matplotlib.pyplot as plt
+
+    from pipelines.quickstart import robustness_figure
+
+    encs, _ = results((0.40, 0.05), (0.38, 0.25), (1, 0.1), (2, 0.2))
+    fig = robustness_figure(encs, chance=1 / 16)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["standard encoder", "robust encoder", "chance (0.0625)"]
+    chance = ax.get_lines()[-1]
+    assert chance.get_linestyle() == "--" and list(chance.get_ydata()) == [1 / 16, 1 / 16]
+    assert list(ax.get_lines()[0].get_ydata()) == [0.40, 0.40, 0.05]  # clean at eps 0, then PGD
+    plt.close(fig)
