@@ -273,17 +273,19 @@ class TrialProgress(Callback):
     (rate and ETA from tqdm) and a line per finished or failed trial, named by its last
     result's ``label`` keys (else its parameters) with the ``show`` metrics. Tune's own status
     tables go to the log under ``quiet``. Pickled into the experiment, so a relaunch's restored
-    Tuner brings it back; the bar is not pickled and restarts at the trials already done."""
+    Tuner brings it back; the bar is not pickled and restarts at the trials already done.
+    ``bar=False`` (``--no-progress``) keeps the lines and leaves the bar out."""
 
-    def __init__(self, what: str, total: int, label: tuple[str, ...], show: tuple[str, ...]):
+    def __init__(self, what: str, total: int, label: tuple[str, ...], show: tuple[str, ...],
+                 bar: bool = True):
         self.what, self.total, self.label, self.show = what, total, tuple(label), tuple(show)
-        self._bar = None
+        self.bar, self._bar = bar, None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_bar": None}
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self._bar is None:
+        if self._bar is None and getattr(self, "bar", True):  # experiments pickled before it
             from tqdm import tqdm
 
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
@@ -332,9 +334,9 @@ def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dic
     own process only drives MLflow and Ray Train: no CPU of theirs; ``resources``, a dict or a
     function of the trial's config, says otherwise); restored with its unfinished and errored
     trials when the folder already holds one (a relaunch resumes), else a new one over
-    ``space``. With ``run.progress`` the terminal shows a ``TrialProgress`` of ``total``
-    trials (``label``, ``show``: its arguments); a relaunch keeps the first launch's choice
-    (Tune restores the experiment's run config)."""
+    ``space``. The terminal shows a ``TrialProgress`` of ``total`` trials (``label``,
+    ``show``: its arguments), its bar only with ``run.progress``; a relaunch keeps the first
+    launch's choice (Tune restores the experiment's run config)."""
     from ray import tune
 
     from pipelines.trainer import ray_storage_path, storage_filesystem
@@ -349,8 +351,7 @@ def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dic
     rc = tune.RunConfig(name=name, storage_path=ray_storage_path(run.storage_path),
                         storage_filesystem=fs, verbose=1 if run.progress else 0,
                         failure_config=tune.FailureConfig(max_failures=max_failures),
-                        callbacks=[TrialProgress(what, total, label, show)] if run.progress
-                        else None)
+                        callbacks=[TrialProgress(what, total, label, show, bar=run.progress)])
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=rc)
 
 

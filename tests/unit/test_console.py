@@ -103,3 +103,12 @@ def test_tune_experiments_show_a_bar_of_trials_and_a_line_per_trial(tmp_path, ca
     assert "3/3" in err and "sweep toy" in err  # the bar, on the terminal's stderr
     assert "trial eps1 done" in (tmp_path / "arinv.log").read_text()
     assert restored._bar is None and restored.total == 3 and restored.show == cb.show
+
+    # --no-progress: the trial lines still show, the bar does not
+    quiet = TrialProgress("sweep toy", 3, label=("trial",), show=("psnr",), bar=False)
+    with console.quiet(tmp_path / "arinv.log"):
+        quiet.on_step_begin(0, [done, fresh])
+        quiet.on_trial_complete(1, [], fresh)
+        quiet.on_experiment_end([])
+    out, err = capfd.readouterr()
+    assert out == "   sweep toy: trial eps1 done (psnr 16.43)\n" and "trial" not in err
