@@ -203,13 +203,14 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
         f"Total time {seconds / 60:.1f} min. {task_line(results, bundled)}", "",
         f"## Encoders: accuracy on {any_rob['n']} held-out crops under L2 PGD-{any_rob['steps']}",
         "", *rows, "", "![accuracy against ε](robustness.png)", "",
-        f"## Feature inversion (conv5) on {n_q} held-out crops", "", *q_rows, "",
+        f"## Feature inversion ({next(iter(gens.values()))['config']['encoder.layer']}) "
+        f"on {n_q} held-out crops", "", *q_rows, "",
         "¹ LPIPS needs its AlexNet backbone weights in the torch hub cache "
         "(`alexnet-owt-7be5be79.pth`); without them no LPIPS is reported." if any(
             r["quality"]["lpips"] is None for r in gens.values()) else "", "",
         f"![held-out inputs, standard and robust reconstructions]({grid.name})", "",
         "Rows: held-out input | standard autoencoder | robust autoencoder (both loaded back from "
-        "the MLflow registry with `mlflow.pyfunc.load_model`).", "",
+        "the MLflow registry with `mlflow.pyfunc.load_model`). " + inverted_map_note(gens), "",
         "Runs: `encoders/<preset>/`, `generators/<preset>/` (final checkpoint, metrics.json); "
         "Ray Train checkpoints: `ray/`; MLflow: `mlflow.db`, `mlartifacts/`.",
     ])
@@ -218,6 +219,30 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
     path = workdir / "report.md"
     path.write_text(text + "\n")
     return path
+
+
+# what the paper inverts: conv5 (after pool5) of a full AlexNet at 224 px (Tab. A4)
+PAPER_MAP = (256, 6, 6)
+
+
+def inverted_map_note(gens: dict) -> str:
+    """How many numbers each reconstruction is drawn from, against the paper's conv5; below
+    the paper's 6 x 6 grid, a warning that only a crop's coarse layout can come back."""
+    from arinv.models import create_encoder
+
+    cfg = next(iter(gens.values()))["config"]  # flattened; both kinds invert the same tap
+    enc = create_encoder(cfg["encoder.name"])
+    res = cfg.get("resolution") or enc.input_size
+    c, h, w = enc.feature_shape(cfg["encoder.layer"], res)
+    pc, ph, pw = PAPER_MAP
+    note = (f"Each reconstruction is drawn from {c * h * w:,} numbers ({cfg['encoder.layer']} of "
+            f"{cfg['encoder.name']}: {c} x {h} x {w} for a {res} px crop); the "
+            f"paper inverts {pc * ph * pw:,} ({pc} x {ph} x {pw}, AlexNet conv5 at 224 px, "
+            "trained on ImageNet).")
+    if h * w < ph * pw:
+        note += (f" On a {h} x {w} map expect each crop's coarse layout, not its texture or "
+                 "detail.")
+    return note
 
 
 def task_line(results: dict, bundled: bool = True) -> str:

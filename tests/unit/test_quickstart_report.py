@@ -60,3 +60,21 @@ def test_robustness_plot_has_both_encoders_and_a_chance_line():
     assert chance.get_linestyle() == "--" and list(chance.get_ydata()) == [1 / 16, 1 / 16]
     assert list(ax.get_lines()[0].get_ydata()) == [0.40, 0.40, 0.05]  # clean at eps 0, then PGD
     plt.close(fig)
+
+
+def test_the_grid_note_sizes_the_inverted_map_against_the_papers():
+    from pipelines.quickstart import inverted_map_note
+
+    def gens(name, res):
+        return {"standard": {"config": {"encoder.name": name, "encoder.layer": "conv5",
+                                        "resolution": res}}}
+
+    toy = inverted_map_note(gens("alexnet_small", 128))
+    assert toy.startswith("Each reconstruction is drawn from 576 numbers (conv5 of "
+                          "alexnet_small: 64 x 3 x 3 for a 128 px crop); the paper inverts 9,216")
+    assert toy.endswith("On a 3 x 3 map expect each crop's coarse layout, not its texture or "
+                        "detail.")
+    # the paper's own size: no warning (resolution None: the model's input size)
+    full = inverted_map_note(gens("alexnet", None))
+    assert "9,216 numbers (conv5 of alexnet: 256 x 6 x 6 for a 224 px crop)" in full
+    assert "expect" not in full
