@@ -150,9 +150,13 @@ def _run(workdir: Path, encs: dict, gens: dict, progress: bool, verbose: bool,
     return results
 
 
+GRID_CLASSES, GRID_COLUMNS = 16, 8  # the grid shows one held-out image of each of the first 16
+
+
 def reconstruction_grid(path: Path, results: dict, gens: dict, tracking_uri: str) -> Path:
     """Rows: held-out input | standard autoencoder | robust autoencoder, both loaded from the
-    registry with ``mlflow.pyfunc.load_model`` alone."""
+    registry with ``mlflow.pyfunc.load_model`` alone; the first held-out image of each class
+    (at most ``GRID_CLASSES``), ``GRID_COLUMNS`` to a block of three rows."""
     import mlflow
     import numpy as np
     import torch
@@ -164,15 +168,27 @@ def reconstruction_grid(path: Path, results: dict, gens: dict, tracking_uri: str
 
     cfg = next(iter(gens.values()))
     val = ShardBatches(f"{cfg.data.shards}/val", 64, resolution=cfg.resolution, train=False)
-    x, _ = collect(val, cfg.eval.images)
-    idx = torch.linspace(0, len(x) - 1, 8).long()
-    x = x[idx].numpy().astype(np.float32)
-    rows = [torch.from_numpy(x)]
+    x, y = collect(val, cfg.eval.images)
+    x = x[first_of_each_class(y)].numpy().astype(np.float32)
+    kinds = [torch.from_numpy(x)]
     for kind in gens:
         with use_tracking_uri(tracking_uri):  # models:/ URIs resolve against the global one
             model = mlflow.pyfunc.load_model(results["generators"][kind]["registered"])
-        rows.append(torch.from_numpy(np.asarray(model.predict(x)["reconstruction"])))
-    return save_grid(path, rows)
+        kinds.append(torch.from_numpy(np.asarray(model.predict(x)["reconstruction"])))
+    blocks = range(0, len(x), GRID_COLUMNS)
+    rows = [k[i:i + GRID_COLUMNS] for i in blocks for k in kinds]
+    return save_grid(path, rows, labels=["held-out", *gens] * len(blocks))
+
+
+def first_of_each_class(labels) -> list[int]:
+    """Indices of the first image of each class in ``labels``, in class order, at most
+    ``GRID_CLASSES`` (padded with the next images when fewer than ``GRID_COLUMNS`` classes)."""
+    first: dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+    idx = [first[c] for c in sorted(first)][:GRID_CLASSES]
+    rest = [i for i in range(len(labels)) if i not in idx]
+    return idx + rest[:max(0, GRID_COLUMNS - len(idx))]
 
 
 def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
@@ -209,8 +225,9 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
         "(`alexnet-owt-7be5be79.pth`); without them no LPIPS is reported." if any(
             r["quality"]["lpips"] is None for r in gens.values()) else "", "",
         f"![held-out inputs, standard and robust reconstructions]({grid.name})", "",
-        "Rows: held-out input | standard autoencoder | robust autoencoder (both loaded back from "
-        "the MLflow registry with `mlflow.pyfunc.load_model`). " + inverted_map_note(gens), "",
+        "One held-out crop of each class; in each block of three rows: the input, the standard "
+        "and the robust autoencoder's reconstruction (both loaded back from the MLflow registry "
+        "with `mlflow.pyfunc.load_model`). " + inverted_map_note(gens), "",
         "Runs: `encoders/<preset>/`, `generators/<preset>/` (final checkpoint, metrics.json); "
         "Ray Train checkpoints: `ray/`; MLflow: `mlflow.db`, `mlartifacts/`.",
     ])

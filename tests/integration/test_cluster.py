@@ -49,6 +49,7 @@ def test_quickstart_main_job_at_toy_size(tmp_path, capfd):
     assert "| robust (models:/arinv-alexnet_small-conv5-autoencoder@robust) |" in report
     assert (tmp_path / "robustness.png").stat().st_size > 1000
     assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+    assert "reconstruction is drawn from 576 numbers (conv5 of alexnet_small" in report
     results = json.loads((tmp_path / "results.json").read_text())
     for kind in ("standard", "robust"):
         q = results["generators"][kind]["quality"]

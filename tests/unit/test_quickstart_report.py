@@ -78,3 +78,16 @@ def test_the_grid_note_sizes_the_inverted_map_against_the_papers():
     full = inverted_map_note(gens("alexnet", None))
     assert "9,216 numbers (conv5 of alexnet: 256 x 6 x 6 for a 224 px crop)" in full
     assert "expect" not in full
+
+
+def test_the_grid_shows_the_first_held_out_image_of_each_class():
+    import torch
+
+    from pipelines.quickstart import first_of_each_class
+
+    # shuffled labels: class order, the first occurrence of each
+    assert first_of_each_class(torch.tensor([2, 0, 2, 1, 0, 1])) == [1, 3, 0] + [2, 4, 5]
+    # 20 classes: the first 16 only
+    assert first_of_each_class(torch.arange(20).repeat(2)) == list(range(16))
+    # 3 classes in 12 images: padded to a row of 8 with the next images
+    assert first_of_each_class(torch.arange(3).repeat(4)) == [0, 1, 2, 3, 4, 5, 6, 7]
