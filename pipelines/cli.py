@@ -49,9 +49,12 @@ def _parser() -> argparse.ArgumentParser:
                        "SSIM, reconstruction grid). Rerunning resumes or reuses finished runs.")
     _add_toy_run_arguments(q, "everything the run writes goes here",
                            "override a field in every preset that has it, e.g. --set "
-                           "optim.epochs=2 (attack.* fields apply to the robust encoder only)")
+                           "optim.epochs=2 (attack.* fields apply to the robust encoder only); "
+                           "prefix encoders. or generators. for one stage only, e.g. --set "
+                           "generators.optim.epochs=32")
     q.add_argument("--shards", default=None, metavar="URI", help="a folder or s3:// prefix with "
-                   "train/ and val/ shard sets of 8 classes instead of the bundled photographs")
+                   "train/ and val/ shard sets instead of the bundled photographs (16 classes; "
+                   "for another count, --set encoder.num_classes=N)")
 
     m = sub.add_parser("demo", help="style transfer or denoising at toy size on the "
                        "quickstart's encoders: train, apply, pictures (CPU, minutes)",

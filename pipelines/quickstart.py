@@ -29,25 +29,33 @@ GENERATOR = "tiny-gray-generator"
 EXPERIMENT = "arinv-quickstart"
 
 
+# an override's prefix that sends it to one stage's presets only (prefix stripped)
+STAGES = {"encoders.": EncoderTrainConfig, "generators.": GeneratorTrainConfig}
+
+
 def configs(overrides: list[str], shards: str | None) -> tuple[dict, dict]:
     """Validated encoder and generator configs per kind. An override goes to every preset
-    that has the field (``attack.*`` to the robust encoder only); one that none has is an error."""
+    that has the field (``attack.*`` to the robust encoder only; ``encoders.FIELD`` /
+    ``generators.FIELD`` to that stage's presets only); one that none takes is an error."""
     data = [f"data.shards={shards}"] if shards else []
     used: set[str] = set()
 
     def load(cls, preset, kind, extra):
         mine = []
         for o in overrides:
-            key = o.split("=", 1)[0]
-            if key.startswith("attack") and kind != "robust":
+            stage = next((p for p in STAGES if o.startswith(p)), None)
+            if stage and STAGES[stage] is not cls:
+                continue
+            field = o[len(stage):] if stage else o
+            if field.startswith("attack") and kind != "robust":
                 continue
             try:
-                load_config(cls, preset, [*data, *mine, o])
+                load_config(cls, preset, [*data, *mine, field])
             except ConfigError as e:
                 if "unknown field" in str(e):
                     continue
                 raise
-            mine.append(o)
+            mine.append(field)
             used.add(o)
         return load_config(cls, preset, [*data, *mine, *extra])
 

@@ -91,3 +91,23 @@ def test_the_grid_shows_the_first_held_out_image_of_each_class():
     assert first_of_each_class(torch.arange(20).repeat(2)) == list(range(16))
     # 3 classes in 12 images: padded to a row of 8 with the next images
     assert first_of_each_class(torch.arange(3).repeat(4)) == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_quickstart_overrides_go_to_the_presets_that_take_them():
+    import pytest
+
+    from arinv.config import ConfigError
+    from pipelines.quickstart import configs
+
+    encs, gens = configs(["optim.epochs=3", "generators.optim.epochs=32", "attack.eps=0.5",
+                          "generator.gray=false", "encoders.optim.lr=0.05"], "/tmp/shards")
+    assert [c.optim.epochs for c in encs.values()] == [3, 3]
+    assert [c.optim.epochs for c in gens.values()] == [32, 32]  # later and scoped: wins
+    assert encs["standard"].attack is None and encs["robust"].attack.eps == 0.5
+    assert [c.optim.lr for c in encs.values()] == [0.05, 0.05]
+    assert gens["robust"].generator.gray is False
+    # a scoped field the stage lacks is an error naming it, as an unknown field is
+    with pytest.raises(ConfigError, match=r"--set encoders.generator.gray=true: no quickstart"):
+        configs(["encoders.generator.gray=true"], "/tmp/shards")
+    with pytest.raises(ConfigError, match="--set optim.nope=1: no quickstart"):
+        configs(["optim.nope=1"], "/tmp/shards")
