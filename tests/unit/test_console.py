@@ -111,4 +111,4 @@ def test_tune_experiments_show_a_bar_of_trials_and_a_line_per_trial(tmp_path, ca
         quiet.on_trial_complete(1, [], fresh)
         quiet.on_experiment_end([])
     out, err = capfd.readouterr()
-    assert out == "   sweep toy: trial eps1 done (psnr 16.43)\n" and "trial" not in err
+    assert out == "   sweep toy: trial eps1 done (psnr 16.43)\n" and "sweep toy" not in err  # no bar
