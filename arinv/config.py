@@ -230,7 +230,7 @@ def _eval_errors(ev, every_min: int) -> list[str]:
 class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     amp: bool = True            # bf16 autocast, GPU only
-    channels_last: bool = True  # GPU only
+    channels_last: bool = True  # NHWC models and batches (faster on CPU and GPU)
     seed: int = 0               # seeds weights, data order, crops and attacks
     # identical runs from the same config: the Ray Data stream keeps its order, its shuffles
     # and crops are seeded, torch uses deterministic kernels (costs: docs/benchmarks.md; with

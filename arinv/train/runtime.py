@@ -27,8 +27,10 @@ def autocast_for(device: torch.device, amp: bool):
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool):
+    """``model`` on ``device``; with ``channels_last`` its 4-d weights in NHWC, which oneDNN's
+    CPU convolutions and cuDNN's tensor-core kernels both run faster (docs/benchmarks.md)."""
     model = model.to(device)
-    if channels_last and device.type == "cuda":
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -37,7 +39,7 @@ def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channe
     """uint8 NCHW (or float in [0, 1]) -> float32 in [0, 1] on ``device``."""
     x = x.to(device, non_blocking=True)
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-    if channels_last and device.type == "cuda":
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True).long()
 

@@ -166,3 +166,28 @@ def test_an_encoder_trains_under_the_warm_up_eps_of_each_epoch():
     again = EncoderTask(cfg)
     again.build(torch.device("cpu"))["scheduler"].load_state_dict(modules["scheduler"].state_dict())
     assert again.end_epoch()["attack_eps"] == pytest.approx(cfg.attack.eps)
+
+
+def test_channels_last_on_cpu_changes_the_layout_not_the_step():
+    """runtime.channels_last puts the model and batch in NHWC on CPU too (oneDNN runs it
+    faster: benchmarks/gan_step.py); an adversarial step gives the NCHW step's result."""
+    from arinv.train.runtime import prepare_batch, prepare_model
+
+    torch.manual_seed(0)
+    base = create_encoder("alexnet_small", num_classes=4)
+    xb, yb = torch.randint(0, 256, (4, 3, 128, 128), dtype=torch.uint8), torch.arange(4)
+    attack = AttackConfig(norm="l2", eps=1.0, steps=2, step_size=0.75, random_start=False)
+    out = {}
+    for cl in (False, True):
+        model = prepare_model(copy.deepcopy(base), torch.device("cpu"), cl)
+        x, y = prepare_batch(xb, yb, torch.device("cpu"), cl)
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl
+        assert x.is_contiguous(memory_format=torch.channels_last) == cl
+        assert x.dtype == torch.float32 and float(x.max()) <= 1.0
+        opt, _ = build_optimizer(model, OptimConfig(lr=0.1))
+        torch.manual_seed(1)  # the same dropout masks
+        out[cl] = (float(adversarial_step(model, opt, x, y, attack)["adv_loss"]),
+                   torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-4)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-3, atol=1e-5)
