@@ -20,9 +20,13 @@ projection, the mode switches and any copies all have to fit in that 10%. (The r
 in place of (b) is printed for information.) Times are medians over ``--iters`` rounds, with
 ``torch.cuda.synchronize()`` around every timed call on CUDA.
 
+With channels-last on (the default, as ``runtime.channels_last`` in every preset, on CPU and
+CUDA alike), (a) and (c) are also timed on an NCHW copy of the same model and batch, in the same
+rounds, and the channels-last speed-up over that baseline is printed.
+
 Needs ``arinv`` importable (``pip install -e .``, or ``PYTHONPATH=.`` from the repo root).
 Defaults: on CUDA, ``alexnet`` at 224 px, batch 256, bf16 autocast, channels-last; on CPU,
-``alexnet_small`` at 128 px, batch 64, fp32.
+``alexnet_small`` at 128 px, batch 64, fp32, channels-last.
 
     python benchmarks/adversarial_step.py --device cpu
     python benchmarks/adversarial_step.py --no-amp --iters 30
@@ -32,6 +36,7 @@ Defaults: on CUDA, ``alexnet`` at 224 px, batch 256, bf16 autocast, channels-las
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -87,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="bf16 autocast (CUDA only; CPU always runs fp32)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels-last memory format for model and batch (CUDA only)")
+                   help="channels-last memory format for model and batch, timed against an "
+                        "NCHW copy of the same model and batch (the baseline)")
     p.add_argument("--lr", type=float, default=1e-4,
                    help="SGD learning rate of the timed steps (small, so weights stay sane)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the random batch")
@@ -109,9 +115,10 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    channels_last = args.channels_last and cuda
-    model = prepare_model(create_encoder(model_name, num_classes=args.num_classes), device,
-                          channels_last)
+    channels_last = args.channels_last
+    model = create_encoder(model_name, num_classes=args.num_classes)
+    baseline = copy.deepcopy(model) if channels_last else None  # same weights, NCHW
+    model = prepare_model(model, device, channels_last)
     res = args.resolution or model.input_size
     amp = args.amp and cuda
     autocast = autocast_for(device, amp)
@@ -139,6 +146,14 @@ def main(argv=None) -> int:
         f"PGD-{ATTACK.steps} adversarial step": lambda: adversarial_step(
             model, opt, x, y, ATTACK, autocast=autocast),
     }
+    if baseline is not None:  # the same two steps in the default NCHW layout
+        base = prepare_model(baseline, device, False)
+        base_opt = torch.optim.SGD(base.parameters(), lr=args.lr, momentum=0.9)
+        xb = x.contiguous()
+        runs["standard step, NCHW"] = lambda: standard_step(base, base_opt, xb, y,
+                                                            autocast=autocast)
+        runs[f"PGD-{ATTACK.steps} step, NCHW"] = lambda: adversarial_step(
+            base, base_opt, xb, y, ATTACK, autocast=autocast)
 
     info = machine_info(device)
     print("machine")
@@ -176,7 +191,7 @@ def main(argv=None) -> int:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     names = list(runs)
-    std_t, call_t, atk_t, adv_t = (med[k] for k in names)
+    std_t, call_t, atk_t, adv_t = (med[k] for k in names[:4])
     k = ATTACK.steps
     ratio = adv_t / (k * atk_t + std_t)
     ratio_call = adv_t / (k * call_t + std_t)
@@ -191,6 +206,12 @@ def main(argv=None) -> int:
     print(f"\nsum of parts: {k} x attack iter + standard step = {1e3 * (k * atk_t + std_t):.2f} ms; "
           f"with pgd(steps=1) calls: {1e3 * (k * call_t + std_t):.2f} ms")
     print(f"info: ratio with pgd(steps=1) calls = {ratio_call:.3f}")
+    speedup = None
+    if baseline is not None:
+        speedup = {"standard step": med["standard step, NCHW"] / std_t,
+                   f"PGD-{k} step": med[f"PGD-{k} step, NCHW"] / adv_t}
+        print("channels-last speed-up over NCHW: " + ", ".join(
+            f"{name} {v:.2f}x" for name, v in speedup.items()))
     print(f"ratio = t(PGD-{k} step) / ({k}*t(attack iter) + t(standard step)) = {ratio:.3f}  "
           f"(target <= {TARGET:.2f})  {'PASS' if passed else 'FAIL'}")
     if hasattr(os, "getloadavg"):
@@ -209,6 +230,7 @@ def main(argv=None) -> int:
             "results": {name: {"median_ms": 1e3 * med[name], "images_per_s": batch / med[name],
                                "times_ms": [1e3 * t for t in times[name]]} for name in names},
             "ratio": ratio, "ratio_pgd_call": ratio_call, "target": TARGET, "pass": passed,
+            "channels_last_speedup": speedup,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -15,7 +15,7 @@ On one fixed batch, interleaved round by round (medians), this times
 and prints images/s of (a) and (c), the channels-last speed-up t(c) / t(a) and the encoder
 share t(b) / t(a). Defaults: on CUDA the paper's ``alexnet_conv5`` generator + discriminator on
 AlexNet at 224 px, batch 128, bf16; on CPU their quarter-width twins on ``alexnet_small`` at
-128 px, batch 32 (the tiny presets' batch).
+128 px, batch 32 (--no-gan: the tiny-gray-generator preset's weights, gray output and batch 16).
 
     python benchmarks/gan_step.py --device cpu
     python benchmarks/gan_step.py --device cpu --no-gan      # the CPU main job's generator step
@@ -36,7 +36,7 @@ from common import machine_info
 
 from arinv.losses import feature_loss
 from arinv.models import create_discriminator, create_encoder, create_generator
-from arinv.config import LossConfig
+from arinv.config import GeneratorTrainConfig, LossConfig, load_config
 from arinv.train.gan import build_gan_optimizers, freeze, gan_step
 from arinv.train.runtime import autocast_for, prepare_model, resolve_device
 
@@ -47,7 +47,8 @@ def parse_args(argv=None):
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--small", action="store_true", help="use the quarter-width models on CUDA too")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 128 CUDA, 32 CPU")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: 128 CUDA; 32 CPU, or the main job's 16 with --no-gan")
     p.add_argument("--iters", type=int, default=None, help="timed rounds (default: 20 CUDA, 8 CPU)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
@@ -56,7 +57,8 @@ def parse_args(argv=None):
                    help="NHWC models and batch, timed against the NCHW step (the baseline)")
     p.add_argument("--gan", action=argparse.BooleanOptionalAction, default=True,
                    help="with the discriminator and GAN loss (the paper's recipe); --no-gan: "
-                        "pixel + feature only, as the CPU main job (tiny-gray-generator) trains")
+                        "the CPU main job's step, read from the tiny-gray-generator preset "
+                        "(its loss weights, tied gray output, and on CPU its batch)")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -67,14 +69,17 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     small = args.small or not cuda
     enc_name, g_name = ("alexnet_small", "alexnet_small_conv5") if small else ("alexnet", "alexnet_conv5")
-    batch = args.batch_size or (128 if cuda else 32)
+    main_job = None if args.gan else load_config(GeneratorTrainConfig, "tiny-gray-generator")
+    batch = args.batch_size or (128 if cuda else main_job.optim.batch_size if main_job else 32)
     iters = args.iters or (20 if cuda else 8)
     if cuda:
         torch.backends.cudnn.benchmark = True
     amp = autocast_for(device, args.amp)
-    weights = LossConfig() if args.gan else LossConfig(pix=2e-3, feat=1e-2, gan=0.0)
+    weights = main_job.loss if main_job else LossConfig()
+    gray = bool(main_job and main_job.generator.gray)
     torch.manual_seed(0)
-    enc0, g0, d0 = create_encoder(enc_name), create_generator(g_name), create_discriminator(g_name)
+    enc0, g0 = create_encoder(enc_name), create_generator(g_name, gray=gray)
+    d0 = create_discriminator(g_name)
     r = enc0.input_size
     x0 = torch.rand(batch, 3, r, r)
 
@@ -126,7 +131,8 @@ def main(argv=None) -> int:
     info = machine_info(device)
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()
                                   if k in ("cpu", "cpu_cores", "gpu", "torch")))
-    losses = "pixel + feature + GAN (G and D updates)" if args.gan else "pixel + feature (no D)"
+    losses = ("pixel + feature + GAN (G and D updates)" if args.gan else
+              f"pixel {weights.pix:g} + feature {weights.feat:g}, no D, gray G (tiny-gray-generator)")
     print(f"models {enc_name} + {g_name}, {r} px, batch {batch}, {losses}, "
           f"bf16 {args.amp and cuda}, {iters} rounds\n")
     print(f"{'measurement':28s} {'ms':>9s} {'images/s':>10s}")
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": info, "encoder": enc_name, "generator": g_name, "batch": batch,
-            "resolution": r, "amp": args.amp and cuda, "gan": args.gan,
+            "resolution": r, "amp": args.amp and cuda, "gan": args.gan, "gray": gray,
             "channels_last": args.channels_last,
             "median_ms": {k: 1e3 * v for k, v in med.items()},
             "images_per_s": batch / t_step, "encoder_share": t_enc / t_step,

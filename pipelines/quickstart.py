@@ -221,13 +221,14 @@ def write_report(workdir: Path, results: dict, seconds: float, grid: Path,
         q_rows.append(f"| {kind} ({r['registered']}) | {q['psnr']:.2f} | {q['ssim']:.3f} | {lp} | "
                       f"{ri_txt} |")
     any_rob = next(iter(encs.values()))["robustness"]
-    n_q = next(iter(gens.values()))["quality"]["n"]
+    any_gen = next(iter(gens.values()))  # both kinds share the tap and the held-out crops
+    n_q = any_gen["quality"]["n"]
     text = "\n".join([
         "# arinv quickstart report", "", *verdict(encs, gens), "",
         f"Total time {seconds / 60:.1f} min. {task_line(results, bundled)}", "",
         f"## Encoders: accuracy on {any_rob['n']} held-out crops under L2 PGD-{any_rob['steps']}",
         "", *rows, "", "![accuracy against ε](robustness.png)", "",
-        f"## Feature inversion ({next(iter(gens.values()))['config']['encoder.layer']}) "
+        f"## Feature inversion ({any_gen['config']['encoder.layer']}) "
         f"on {n_q} held-out crops", "", *q_rows, "",
         "¹ LPIPS needs its AlexNet backbone weights in the torch hub cache "
         "(`alexnet-owt-7be5be79.pth`); without them no LPIPS is reported." if any(
