@@ -283,30 +283,42 @@ def task_line(results: dict, bundled: bool = True) -> str:
     return f"Task: {what}; chance {1 / n:.3g}."
 
 
-def verdict(encs: dict, gens: dict) -> list[str]:
-    """The report's first two lines: the robustness gap at the largest ε evaluated and the
-    reconstruction gap, each saying whether this run shows the paper's effect (standard
-    accuracy at most half its clean accuracy and the robust one at least 0.15 above it; robust
-    PSNR and SSIM above the standard ones; a PSNR gap under ``CLEAR_DB`` is called within
-    run-to-run variation)."""
+def effects(encs: dict, gens: dict) -> dict:
+    """The issue's criteria for the paper's two effects, from a run's ``results.json`` parts:
+    at the largest ε evaluated, the standard encoder keeps at most half its clean accuracy and
+    the robust one is at least 0.15 above it (``robust_shown``); the robust autoencoder's PSNR
+    and SSIM are above the standard one's (``reconstruction_shown``). The numbers come with."""
     std, rob = encs["standard"]["robustness"], encs["robust"]["robustness"]
     eps = max(std["pgd"], key=float)
     a_std, a_rob = std["pgd"][eps], rob["pgd"].get(eps, float("nan"))
-    shown = a_std <= std["clean"] / 2 and a_rob - a_std >= 0.15
     q_std, q_rob = gens["standard"]["quality"], gens["robust"]["quality"]
     d_psnr, d_ssim = q_rob["psnr"] - q_std["psnr"], q_rob["ssim"] - q_std["ssim"]
-    better = d_psnr > 0 and d_ssim > 0
+    return {"eps": float(eps), "clean_standard": std["clean"], "clean_robust": rob["clean"],
+            "pgd_standard": a_std, "pgd_robust": a_rob, "gap": a_rob - a_std,
+            "robust_shown": a_std <= std["clean"] / 2 and a_rob - a_std >= 0.15,
+            "psnr_standard": q_std["psnr"], "psnr_robust": q_rob["psnr"], "d_psnr": d_psnr,
+            "ssim_standard": q_std["ssim"], "ssim_robust": q_rob["ssim"], "d_ssim": d_ssim,
+            "reconstruction_shown": d_psnr > 0 and d_ssim > 0}
+
+
+def verdict(encs: dict, gens: dict) -> list[str]:
+    """The report's first two lines: the robustness gap at the largest ε evaluated and the
+    reconstruction gap, each saying whether this run shows the paper's effect (``effects``; a
+    PSNR gap under ``CLEAR_DB`` is called within run-to-run variation)."""
+    e = effects(encs, gens)
     return [
-        f"**Robustness:** under L2 PGD at ε = {float(eps):g} the robust encoder keeps "
-        f"{a_rob:.3f} accuracy, the standard one {a_std:.3f} (clean {rob['clean']:.3f} / "
-        f"{std['clean']:.3f}): a gap of {a_rob - a_std:+.3f}, "
-        + ("the paper's effect." if shown else "so this run does NOT show the paper's effect "
-           "(wanted: standard at most half its clean accuracy, robust 0.15 above it)."),
-        f"**Reconstruction:** the robust autoencoder reaches PSNR {q_rob['psnr']:.2f} dB / SSIM "
-        f"{q_rob['ssim']:.3f} on held-out images, the standard one {q_std['psnr']:.2f} dB / "
-        f"{q_std['ssim']:.3f} ({d_psnr:+.2f} dB, {d_ssim:+.3f}), "
-        + ("so this run does NOT show the paper's effect." if not better else
-           "as in the paper." if d_psnr >= CLEAR_DB else
+        f"**Robustness:** under L2 PGD at ε = {e['eps']:g} the robust encoder keeps "
+        f"{e['pgd_robust']:.3f} accuracy, the standard one {e['pgd_standard']:.3f} (clean "
+        f"{e['clean_robust']:.3f} / {e['clean_standard']:.3f}): a gap of {e['gap']:+.3f}, "
+        + ("the paper's effect." if e["robust_shown"] else "so this run does NOT show the "
+           "paper's effect (wanted: standard at most half its clean accuracy, robust 0.15 above "
+           "it)."),
+        f"**Reconstruction:** the robust autoencoder reaches PSNR {e['psnr_robust']:.2f} dB / "
+        f"SSIM {e['ssim_robust']:.3f} on held-out images, the standard one "
+        f"{e['psnr_standard']:.2f} dB / {e['ssim_standard']:.3f} ({e['d_psnr']:+.2f} dB, "
+        f"{e['d_ssim']:+.3f}), "
+        + ("so this run does NOT show the paper's effect." if not e["reconstruction_shown"] else
+           "as in the paper." if e["d_psnr"] >= CLEAR_DB else
            f"the paper's direction, but under {CLEAR_DB:g} dB apart: within run-to-run "
            "variation."),
     ]

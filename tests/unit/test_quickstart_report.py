@@ -1,7 +1,7 @@
 """The quickstart report's verdict: numbers in, the two lines that say whether this run shows
 the paper's effects."""
 
-from pipelines.quickstart import task_line, verdict
+from pipelines.quickstart import effects, task_line, verdict
 
 
 def results(std_acc, rob_acc, std_q, rob_q):
@@ -35,6 +35,18 @@ def test_verdict_says_when_an_effect_is_missing():
     # a gap under 0.15 is not enough either
     rob, _ = verdict(*results((0.40, 0.05), (0.38, 0.15), (12.0, 0.2), (13.0, 0.3)))
     assert "does NOT show" in rob
+
+
+def test_effects_gives_the_criteria_benchmarks_count_over_seeds():
+    """benchmarks/main_job_seeds.py counts seeds with these flags: each criterion can fail."""
+    e = effects(*results((0.40, 0.05), (0.38, 0.25), (12.0, 0.20), (13.5, 0.31)))
+    assert e["eps"] == 2.0 and e["robust_shown"] and e["reconstruction_shown"]
+    assert abs(e["gap"] - 0.20) < 1e-9 and abs(e["d_ssim"] - 0.11) < 1e-9
+    assert not effects(*results((0.40, 0.21), (0.38, 0.40), (12, 0.2), (13, 0.3)))["robust_shown"]
+    assert not effects(*results((0.40, 0.05), (0.38, 0.19), (12, 0.2), (13, 0.3)))["robust_shown"]
+    # PSNR up, SSIM a hair down (the main job's seed 2): not shown
+    e = effects(*results((0.40, 0.05), (0.38, 0.25), (16.95, 0.5041), (17.67, 0.5027)))
+    assert e["d_psnr"] > 0 and not e["reconstruction_shown"]
 
 
 def test_task_line_names_the_task_and_chance():
