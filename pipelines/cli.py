@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  arinv quickstart                          # the main job at toy size (2 CPU cores, 10-20 min)
+  arinv quickstart                          # the main job at toy size (2 CPU cores, 8-16 min)
   arinv presets                             # list the config presets
   arinv config alexnet-imagenet-robust      # show a preset, fully resolved
   arinv train-encoder --config tiny-sample-robust                   # Ray Train, MLflow in runs/
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="the whole pipeline at toy size: shards, a standard "
                        "and a robust encoder and a generator for each on Ray Train, MLflow "
-                       "registry, report (2 CPU cores, 10-20 minutes)",
+                       "registry, report (2 CPU cores, 8-16 minutes)",
                        description="Write the bundled photographs as shards; train a standard "
                        "and a robust small AlexNet and a conv5 generator for each on Ray Train; "
                        "register them in MLflow; write DIR/report.md (accuracy under PGD, PSNR / "
