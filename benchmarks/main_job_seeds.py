@@ -11,9 +11,9 @@ encoder keeps at most half its clean accuracy and the robust one is 0.15 above i
 autoencoder's PSNR and SSIM are above the standard one's.
 
 A seed whose workdir already holds a finished run (``results.json``) is read back, not rerun
-(its time is then shown as "reused"); pass ``--rerun`` to train it again from the start (the
-workdir is not deleted: the quickstart itself resumes or reuses its stages, so delete the folder
-for a fresh run). Each seed takes 8-10 minutes on a 2-vCPU machine with nothing else running.
+(its time is then shown as "reused"). ``--rerun`` launches the quickstart there again, which
+reuses its finished stages and resumes unfinished ones; delete a seed's folder to train it
+from scratch. Each seed takes 8-10 minutes on a 2-vCPU machine with nothing else running.
 
     python benchmarks/main_job_seeds.py --seeds 0 1 2 --workdir /tmp/seeds
     python benchmarks/main_job_seeds.py --seeds 6 7 8 --workdir /tmp/seeds --json seeds.json
@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="passed to every run's `arinv quickstart --set`")
     p.add_argument("--rerun", action="store_true",
-                   help="run seeds whose workdir already has results.json again")
+                   help="launch the quickstart again where results.json exists (it reuses finished "
+                        "stages; delete the folder to retrain)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return p.parse_args(argv)
 
