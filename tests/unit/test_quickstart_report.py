@@ -123,3 +123,32 @@ def test_quickstart_overrides_go_to_the_presets_that_take_them():
         configs(["encoders.generator.gray=true"], "/tmp/shards")
     with pytest.raises(ConfigError, match="--set optim.nope=1: no quickstart"):
         configs(["optim.nope=1"], "/tmp/shards")
+
+
+def test_report_explains_the_ri_column(tmp_path):
+    """The RI baseline's low numbers come with what produced them (steps from noise)."""
+    from pipelines.quickstart import write_report
+
+    encs, gens = results((0.40, 0.05), (0.38, 0.25), (16.8, 0.50), (17.6, 0.51))
+    for kind, r in encs.items():
+        r["robustness"].update(n=128, steps=10, checks=[])
+        r["registered"] = f"models:/enc@{kind}"
+    for kind, g in gens.items():
+        g["quality"].update(n=128, lpips=None, ri_baseline={"psnr": 9.7, "ssim": 0.01})
+        g["config"] = {"encoder.name": "alexnet_small", "encoder.layer": "conv5",
+                       "resolution": 128, "eval.ri_steps": 100}
+        g["registered"] = f"models:/ae@{kind}"
+    report = write_report(tmp_path, {"encoders": encs, "generators": gens}, 480.0,
+                          tmp_path / "grid.png").read_text()
+    assert "| RI baseline² PSNR / SSIM |" in report and "| 9.70 / 0.010 |" in report
+    assert "² RI: the same held-out crops inverted without a generator, by 100 L2-normalised " \
+           "gradient steps" in report and "So few steps" in report
+    gens["standard"]["config"]["eval.ri_steps"] = gens["robust"]["config"]["eval.ri_steps"] = 1000
+    report = write_report(tmp_path, {"encoders": encs, "generators": gens}, 480.0,
+                          tmp_path / "grid.png").read_text()
+    assert "by 1000 L2-normalised" in report and "So few steps" not in report
+    for g in gens.values():
+        del g["quality"]["ri_baseline"]
+    report = write_report(tmp_path, {"encoders": encs, "generators": gens}, 480.0,
+                          tmp_path / "grid.png").read_text()
+    assert "² no RI baseline in this run (eval.ri_steps=0)." in report
