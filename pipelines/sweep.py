@@ -355,9 +355,21 @@ def resumable_tuner(fn, name: str, run: Launch, *, max_failures: int, space: dic
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=rc)
 
 
+def asha(s, epochs: int):
+    """ASHA over a search's trials of ``epochs`` epochs. Its rungs are grace_period *
+    reduction_factor^k up to max_t; max_t is the second-to-last epoch, so no rung falls on the
+    last one: a trial that has run all its epochs is never stopped before its final evaluation
+    (a rung there did stop one). stop_last_trials=False: reaching max_t does not stop a trial
+    either."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=max(epochs - 1, s.grace_period),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                         stop_last_trials=False)
+
+
 def _tuner(sw: SweepConfig, run: Launch, ctx: dict, concurrency: int):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     if sw.search is None:
@@ -366,9 +378,7 @@ def _tuner(sw: SweepConfig, run: Launch, ctx: dict, concurrency: int):
     else:
         s = sw.search
         epochs = weights_config(sw, {}).optim.epochs
-        # max_t one past the last epoch: a trial that runs all its epochs ends by itself
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs + 1,
-                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+        scheduler = asha(s, epochs)
         space = {"weights": search_space(sw), "ctx": ctx}
         # a SearchGenerator ignores TuneConfig.max_concurrent_trials: it takes its own limit
         tc = tune.TuneConfig(num_samples=s.samples, metric=f"val_{s.metric}",

@@ -151,3 +151,35 @@ def test_best_weights_preset_round_trips(tmp_path):
     md = sweep_report.search_table([row, {**row, "trial": "x", "psnr": 13.0,
                                           "status": "stopped by ASHA after epoch 1"}], "psnr")
     assert md.splitlines()[2].startswith("| x |")  # best metric first, whatever its status
+
+
+def test_asha_never_has_a_rung_at_the_last_epoch():
+    """A rung at the last epoch stopped a trial that had run all its epochs, before its final
+    evaluation (CI, 2026-12-08): every rung must come before the last epoch, and a trial's
+    results beyond the rungs must never be stopped."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from pipelines.sweep import asha
+
+    for epochs, gp, rf in ((2, 1, 2), (8, 1, 2), (8, 3, 2), (4, 1, 2), (9, 1, 3), (5, 4, 2)):
+        sched = asha(SimpleNamespace(grace_period=gp, reduction_factor=rf), epochs)
+        (bracket,) = sched._brackets
+        rungs = [m for m, _ in bracket._rungs]
+        assert rungs and max(rungs) < epochs and min(rungs) == gp, (epochs, gp, rf, rungs)
+        # two trials, the second worse at every epoch: stopped at most at a rung, never after
+        sched.set_search_properties("val_psnr", "max")
+        a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+        for t in (a, b):
+            sched.on_trial_add(None, t)
+        for e in range(1, epochs + 1):
+            assert sched.on_trial_result(None, a, {"epoch": e, "val_psnr": 20.0}) == \
+                TrialScheduler.CONTINUE
+        action = TrialScheduler.CONTINUE
+        for e in range(1, epochs + 1):
+            action = sched.on_trial_result(None, b, {"epoch": e, "val_psnr": 10.0})
+            if action == TrialScheduler.STOP:
+                assert e in rungs and e < epochs
+                break
+        assert action == TrialScheduler.STOP  # the worse one is stopped at its first rung
